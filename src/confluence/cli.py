@@ -1,0 +1,125 @@
+"""The ``confluence`` command: one subcommand per task, each a thin shell over the package."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from confluence import contract
+
+
+def _module(args: argparse.Namespace) -> int:
+    """Run one item of a reference module, exactly as a container would."""
+    from confluence.modules import REGISTRY
+
+    target = REGISTRY.get(args.name)
+    if target is None:
+        print(
+            f"confluence module: unknown module {args.name!r}; known: {', '.join(REGISTRY)}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        index = contract.resolve_index(args.index)
+    except ValueError as err:
+        print(f"confluence module {args.name}: {err}", file=sys.stderr)
+        return 2
+    module_path, function = target.split(":")
+    run = getattr(importlib.import_module(module_path), function)
+    try:
+        run(args.worklist, index, contract.mount_root(), args.extra)
+    except contract.UpstreamMissing as err:
+        print(f"{args.name}: skipped: {err}", file=sys.stderr)
+        return contract.EXIT_UPSTREAM_MISSING
+    except contract.ItemError as err:
+        print(f"{args.name}: failed: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _delegate(target: str):
+    """A subcommand implemented as ``cli(args) -> int`` in another module (imported lazily)."""
+
+    def call(args: argparse.Namespace) -> int:
+        module_path, function = target.split(":")
+        return getattr(importlib.import_module(module_path), function)(args)
+
+    return call
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="confluence", description="SWOT Confluence on Snakemake: modules, planning, runs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("module", help="run one item of a reference module (the container contract)")
+    p.add_argument("name", help="module name, e.g. momma")
+    p.add_argument(
+        "-i",
+        "--index",
+        type=int,
+        default=None,
+        help="item index; omitted, -235 or -256: read AWS_BATCH_JOB_ARRAY_INDEX",
+    )
+    p.add_argument("worklist", help="work list, relative to the input mount (e.g. reaches.json)")
+    p.add_argument("extra", nargs="*", help="the module's further arguments")
+    p.set_defaults(func=_module)
+
+    p = sub.add_parser("plan", help="print the plan: continents, basins, chunks, sets, items")
+    p.add_argument("--configfile", action="append", help="config file(s), default config/config.yaml")
+    p.add_argument("--write", metavar="DIR", help="also write the global and per-chunk work lists")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_delegate("confluence.plan:cli"))
+
+    p = sub.add_parser("import-legacy", help="turn a legacy confluence.yaml into this configuration")
+    p.add_argument("legacy", help="the legacy orchestrator's YAML file")
+    p.add_argument("-o", "--output", required=True, help="where to write the new configuration")
+    p.set_defaults(func=_delegate("confluence.legacy:cli"))
+
+    p = sub.add_parser("synthesize", help="write the synthetic domain's files for one continent")
+    p.add_argument(
+        "--domain", help="the config's domain section as JSON (default: from --configfile)"
+    )
+    p.add_argument("--configfile", action="append", help="config file(s), default config/config.yaml")
+    p.add_argument("--continent", required=True, help="continent code, e.g. na")
+    p.add_argument("--input-dir", required=True, help="the input file system directory")
+    p.add_argument("--truth-dir", required=True, help="where to write the true discharge")
+    p.set_defaults(func=_delegate("confluence.synthetic:cli"))
+
+    p = sub.add_parser("worklists", help="write the work lists of one chunk or continent")
+    p.add_argument("unit", help="chunk ID or continent code")
+    p.add_argument("--spec", required=True, help="the config's run and domain sections as JSON")
+    p.add_argument("--output-dir", required=True, help="directory for the four work lists")
+    p.set_defaults(func=_delegate("confluence.workflow:worklists_cli"))
+
+    p = sub.add_parser("run-chunk", help="run every item of one module for one chunk (local)")
+    p.add_argument("module", help="module name")
+    p.add_argument("unit", help="chunk or continent ID")
+    p.add_argument("--module-config", required=True, help="the module's configuration (JSON)")
+    p.add_argument("--efs", required=True, help="directory holding one folder per file system")
+    p.add_argument("--sentinel", required=True, help="the sentinel (manifest) to write")
+    p.add_argument("--state", required=True, help="the partial manifest kept across reruns")
+    p.add_argument("--upstream", nargs="*", default=[], help="upstream sentinels")
+    p.add_argument("--run-type", default="constrained")
+    p.add_argument("--workers", type=int, default=1, help="size of the process pool")
+    p.set_defaults(func=_delegate("confluence.runner:cli"))
+
+    p = sub.add_parser("summary", help="per-module table and validation figures from sentinels")
+    p.add_argument("sentinels", nargs="+", help="sentinel files")
+    p.add_argument("--efs", required=True, help="directory holding one folder per file system")
+    p.add_argument("--table", required=True, help="CSV table to write")
+    p.add_argument("--figures", required=True, help="folder to gather the figures in")
+    p.set_defaults(func=_delegate("confluence.summary:cli"))
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
