@@ -68,7 +68,6 @@ def test_snakemake_lint(tmp_path):
     lints = [
         line.strip()
         for line in output.splitlines()
-        if line.strip().startswith("* ")
-        and "Specify a conda environment or container" not in line
+        if line.strip().startswith("* ") and "Specify a conda environment or container" not in line
     ]
     assert lints == [], output

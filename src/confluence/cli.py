@@ -68,12 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_module)
 
     p = sub.add_parser("plan", help="print the plan: continents, basins, chunks, sets, items")
-    p.add_argument("--configfile", action="append", help="config file(s), default config/config.yaml")
+    p.add_argument(
+        "--configfile", action="append", help="config file(s), default config/config.yaml"
+    )
     p.add_argument("--write", metavar="DIR", help="also write the global and per-chunk work lists")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_delegate("confluence.plan:cli"))
 
-    p = sub.add_parser("import-legacy", help="turn a legacy confluence.yaml into this configuration")
+    p = sub.add_parser(
+        "import-legacy", help="turn a legacy confluence.yaml into this configuration"
+    )
     p.add_argument("legacy", help="the legacy orchestrator's YAML file")
     p.add_argument("-o", "--output", required=True, help="where to write the new configuration")
     p.set_defaults(func=_delegate("confluence.legacy:cli"))
@@ -82,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--domain", help="the config's domain section as JSON (default: from --configfile)"
     )
-    p.add_argument("--configfile", action="append", help="config file(s), default config/config.yaml")
+    p.add_argument(
+        "--configfile", action="append", help="config file(s), default config/config.yaml"
+    )
     p.add_argument("--continent", required=True, help="continent code, e.g. na")
     p.add_argument("--input-dir", required=True, help="the input file system directory")
     p.add_argument("--truth-dir", required=True, help="where to write the true discharge")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import cache, cached_property
+from functools import cached_property
 from pathlib import Path
 
 from confluence import contract, plan
@@ -114,9 +114,15 @@ class Workflow:
             inputs["domain"] = self.domain_files(self.continent_of[unit])
         return inputs
 
-    @cache
+    @cached_property
+    def _module_json(self) -> dict[str, str]:
+        return {
+            name: json.dumps(module, sort_keys=True, separators=(",", ":"))
+            for name, module in self.config["modules"].items()
+        }
+
     def module_json(self, name: str) -> str:
-        return json.dumps(self.module(name), sort_keys=True, separators=(",", ":"))
+        return self._module_json[name]
 
     def worklists_digest(self, unit: str) -> str:
         """Changes exactly when the unit's work lists change, so Snakemake reruns only those.
