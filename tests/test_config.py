@@ -358,7 +358,7 @@ def test_default_outputs_and_arguments():
         "/mnt/data/output/sos/{continent}_sword_v16_SOS_results.nc"
     ]
     for name, module in modules.items():
-        expected = 10 if module["scope"] in ("reach", "set") else 0
+        expected = {"reach": 10, "set": 25}.get(module["scope"], 0)
         assert module["tolerated_failure_percent"] == expected, name
 
 

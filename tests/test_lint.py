@@ -61,7 +61,8 @@ def test_snakemake_lint(tmp_path):
         env=env,
     )
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    # Exit code 1 means "lints found"; anything else, or no lint report, is a parse failure.
+    assert result.returncode == 0 or "Lints for rule" in output, output
     # Rules run the confluence CLI of the driver environment locally and the module's image
     # (config modules.<name>.image) on AWS Batch, so a per-rule conda/container directive
     # does not apply; every other lint must be clean.

@@ -451,7 +451,11 @@ def test_find_flpe_result_per_reach_and_per_set(tmp_path):
         ncio.find_flpe_result(tmp_path, "metroman", c, sets)
     with pytest.raises(UpstreamMissing, match=f"reach {c}: no metroman result"):
         ncio.find_flpe_result(tmp_path, "metroman", c)
-    # A file that exists but lacks the reach is a broken output, not a missing one.
+    # MetroMan may leave a reach out of its set's file: no result, like a failed item.
+    ncio.write_flpe(tmp_path / "metroman" / f"{c}_metroman.nc", [make_flpe(a, 4, "metroman")])
+    with pytest.raises(UpstreamMissing, match=f"reach {c}: left out of its metroman set"):
+        ncio.find_flpe_result(tmp_path, "metroman", c, sets)
+    # A reach's own file that lacks the reach is a broken output, not a missing one.
     ncio.write_flpe(tmp_path / "momma" / f"{c}_momma.nc", [make_flpe(a, 4)])
     with pytest.raises(ItemError, match=f"has no result for reach {c}") as err:
         ncio.find_flpe_result(tmp_path, "momma", c)

@@ -282,27 +282,37 @@ def test_too_few_valid_observations_fail_naming_the_reach(algorithm):
         getattr(flpe, algorithm)(with_valid(case.obs, valid), case.prior)
 
 
-def test_metroman_needs_six_observations_and_names_the_set():
+def test_metroman_leaves_out_a_reach_with_too_few_observations():
     cases, _ = metroman_set(2, ERRORS["high"])
     valid = np.zeros(NT, bool)
     valid[:5] = True
     obs = [c.obs for c in cases]
     obs[1] = with_valid(obs[1], valid)
-    with pytest.raises(ItemError, match=r"74100000041: only 5 valid observations, metroman"):
-        flpe.metroman(obs, [c.prior for c in cases])
+    with pytest.warns(UserWarning, match=r"74100000041: only 5 valid observations, metroman"):
+        results = flpe.metroman(obs, [c.prior for c in cases])
+    assert [r.reach_id for r in results] == [obs[0].reach_id, obs[2].reach_id]
 
 
-def test_metroman_without_common_times_names_every_reach():
+def test_metroman_without_common_times_leaves_out_the_odd_reach():
     cases, _ = metroman_set(2, ERRORS["high"])
     obs = [c.obs for c in cases]
-    # Reach 3 was observed in another year: no observation time in common.
+    # Reach 3 was observed in another year: no observation time in common with the others.
     obs[2] = dataclasses.replace(obs[2], time=obs[2].time + 400 * DAY)
+    with pytest.warns(UserWarning, match=f"reach {obs[2].reach_id}: left out"):
+        results = flpe.metroman(obs, [c.prior for c in cases])
+    assert [r.reach_id for r in results] == [obs[0].reach_id, obs[1].reach_id]
+
+
+def test_metroman_fails_naming_every_reach_when_none_is_usable():
+    cases, _ = metroman_set(2, ERRORS["high"])
+    valid = np.zeros(NT, bool)
+    valid[:3] = True
+    obs = [with_valid(c.obs, valid) for c in cases]
     with pytest.raises(ItemError) as err:
         flpe.metroman(obs, [c.prior for c in cases])
     message = str(err.value)
     for case in cases:
-        assert str(case.obs.reach_id) in message
-    assert "share only 0" in message
+        assert f"reach {case.obs.reach_id}: only 3 valid observations" in message
 
 
 @pytest.mark.parametrize("algorithm", REACH_ALGORITHMS)

@@ -931,7 +931,8 @@ def find_flpe_result(
 
     MetroMan writes one file per inversion set; the set holding the reach comes from the
     sets.json items when given, else from the file names. UpstreamMissing when no file holds
-    the reach (the algorithm failed or skipped it); ItemError when the file lacks the reach.
+    the reach (the algorithm failed or skipped it) or MetroMan left it out of its set;
+    ItemError when a reach's own file lacks it.
     """
     folder = Path(flpe_dir) / algorithm
     reach_id = int(reach_id)
@@ -961,4 +962,7 @@ def find_flpe_result(
     for result in read_flpe(path):
         if result.reach_id == reach_id:
             return result
+    if algorithm == "metroman":
+        # MetroMan leaves out reaches that share too few valid times with the rest of the set.
+        raise UpstreamMissing(f"reach {reach_id}: left out of its metroman set ({path})")
     raise ItemError(f"{path}: has no result for reach {reach_id}; rerun {algorithm}")

@@ -17,6 +17,7 @@ import tempfile
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from glob import glob
@@ -99,9 +100,15 @@ def _run_item(name: str, index: int, args: list[str], root: str) -> dict:
     }
 
 
-def _message(result: dict) -> str:
+def _message(name: str, result: dict) -> str:
+    """The item's last word: the module's one-line reason, without the CLI's prefix."""
     lines = [line for line in result["log"].splitlines() if line.strip()]
-    return lines[-1] if lines else f"exit code {result['exit_code']}"
+    if not lines:
+        return f"exit code {result['exit_code']}"
+    for prefix in (f"{name}: failed: ", f"{name}: skipped: "):
+        if lines[-1].startswith(prefix):
+            return lines[-1][len(prefix) :]
+    return lines[-1]
 
 
 def expected_outputs(
@@ -207,9 +214,9 @@ def run_chunk(
                 status = FAILED
                 message = f"exited 0 but did not write {', '.join(missing)}"
         elif result["exit_code"] == contract.EXIT_UPSTREAM_MISSING:
-            outputs, status, message = [], SKIPPED, _message(result)
+            outputs, status, message = [], SKIPPED, _message(name, result)
         else:
-            outputs, status, message = [], FAILED, _message(result)
+            outputs, status, message = [], FAILED, _message(name, result)
         records[item.index] = {
             "index": item.index,
             "id": item.id,
@@ -230,7 +237,7 @@ def run_chunk(
             file=log,
             flush=True,
         )
-        if status != OK and result["log"].strip():
+        if status != OK and len(result["log"].strip().splitlines()) > 1:
             tail = "\n".join(result["log"].rstrip().splitlines()[-15:])
             print("    " + tail.replace("\n", "\n    "), file=log, flush=True)
 
@@ -241,25 +248,31 @@ def run_chunk(
     with tempfile.TemporaryDirectory(prefix=f"confluence-{name}-") as job_dir:
         root = str(mounts.build_mount_root(module["mounts"], efs, Path(job_dir)))
         last_state = time.monotonic()
-        workers = max(1, min(workers, len(todo)))
-        if workers == 1:
-            for item in todo:
-                record(item, _run_item(name, item.index, [*args], root))
+        # Fork keeps the imported science in every worker; each item is one array child,
+        # so a module's process-wide state (environment, globals) never leaks into the runner.
+        with ProcessPoolExecutor(
+            max(1, min(workers, len(todo))), mp_context=get_context("fork")
+        ) as pool:
+            futures = {
+                pool.submit(_run_item, name, item.index, [*args], root): item for item in todo
+            }
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    # The worker died (out of memory, a crash in native code): this item and
+                    # those queued behind it fail; what already finished stays recorded.
+                    result = {
+                        "exit_code": 1,
+                        "log": "the worker process died (killed, or crashed in native code)",
+                        "start": started,
+                        "end": manifest.now(),
+                        "seconds": 0.0,
+                    }
+                record(futures[future], result)
                 if time.monotonic() - last_state > STATE_INTERVAL_SECONDS:
                     manifest.write(state, document(False))
                     last_state = time.monotonic()
-        else:
-            # Fork keeps the imported science in every worker; each item is one array child.
-            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-                futures = {
-                    pool.submit(_run_item, name, item.index, [*args], root): item
-                    for item in todo
-                }
-                for future in as_completed(futures):
-                    record(futures[future], future.result())
-                    if time.monotonic() - last_state > STATE_INTERVAL_SECONDS:
-                        manifest.write(state, document(False))
-                        last_state = time.monotonic()
 
     doc = document(True)
     manifest.write(state, doc)

@@ -21,6 +21,7 @@ the reported discharge statistics across chains.
 
 from __future__ import annotations
 
+import warnings
 from math import lgamma
 
 import numpy as np
@@ -283,6 +284,46 @@ def _discharge_statistics(posterior: _SetPosterior, kept: np.ndarray) -> np.ndar
     return np.concatenate([log_q.mean(axis=-1), log_q.std(axis=-1)], axis=-1)
 
 
+def _usable_subset(set_obs, priors, name):
+    """The largest part of the set that MetroMan can invert jointly.
+
+    Every reach must be valid at the shared times, so one reach with few valid observations
+    (ice, dark water, outliers at other dates) would sink the whole set. Such reaches are
+    left out, one at a time, keeping the subset that shares the most times; they get no
+    MetroMan estimate (downstream modules use the other algorithms for them).
+    Raises ItemError, naming every reach and its reason, when no reach remains.
+    """
+    reasons: dict[int, str] = {}
+    keep = []
+    for o, p in zip(set_obs, priors, strict=True):
+        try:
+            keep.append((o, p, prepare(o, p, "metroman", METROMAN_MIN_VALID)))
+        except ItemError as err:
+            reasons[int(o.reach_id)] = str(err)
+
+    def shared(members):
+        times = [np.asarray(o.time, float)[o.valid] for o, _, _ in members]
+        return match_times(times).shape[1]
+
+    while len(keep) > 1 and shared(keep) < METROMAN_MIN_VALID:
+        best = max(range(len(keep)), key=lambda i: shared(keep[:i] + keep[i + 1 :]))
+        o = keep.pop(best)[0]
+        reasons[int(o.reach_id)] = (
+            f"reach {int(o.reach_id)}: left out, the other reaches share more valid times "
+            "without it"
+        )
+    if not keep or shared(keep) < METROMAN_MIN_VALID:
+        count = shared(keep) if keep else 0
+        detail = "; ".join(reasons.values())
+        raise ItemError(
+            f"{name}: no part of the set shares {METROMAN_MIN_VALID} valid observation times "
+            f"(matched within {MATCH_TOLERANCE / 3600:g} h; best {count})"
+            + (f"; {detail}" if detail else "")
+        )
+    obs, pri, data = (list(x) for x in zip(*keep, strict=True))
+    return obs, pri, data, reasons
+
+
 def metroman(
     set_obs: list[Observations],
     priors: list[ReachPrior],
@@ -310,19 +351,10 @@ def metroman(
     ids = [int(o.reach_id) for o in set_obs]
     name = f"set {set_id(ids)}"
     rng = reach_rng(ids) if rng is None else rng
-    data = []
-    for o, p in zip(set_obs, priors, strict=True):
-        try:
-            data.append(prepare(o, p, "metroman", METROMAN_MIN_VALID))
-        except ItemError as err:
-            raise ItemError(f"{name}: {err}") from None
+    set_obs, priors, data, left_out = _usable_subset(set_obs, priors, name)
+    for reason in left_out.values():
+        warnings.warn(f"{name}: {reason}", stacklevel=2)
     index = match_times([np.asarray(o.time, float)[o.valid] for o in set_obs])
-    if index.shape[1] < METROMAN_MIN_VALID:
-        raise ItemError(
-            f"{name}: reaches {', '.join(map(str, ids))} share only {index.shape[1]} valid "
-            f"observation times (matched within {MATCH_TOLERANCE / 3600:g} h), metroman needs "
-            f"at least {METROMAN_MIN_VALID}"
-        )
     posterior = _SetPosterior(data, priors, index)
     lower, upper = posterior.bounds()
     fit = least_squares(posterior.residuals, posterior.start(), lower, upper)

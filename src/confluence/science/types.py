@@ -25,9 +25,15 @@ class Observations:
     valid: np.ndarray
 
     def __post_init__(self):
-        self.valid = np.asarray(self.valid, bool) & np.isfinite(self.width) & np.isfinite(
-            self.wse
-        ) & np.isfinite(self.slope) & np.isfinite(self.dA) & (self.slope > 0) & (self.width > 0)
+        self.valid = (
+            np.asarray(self.valid, bool)
+            & np.isfinite(self.width)
+            & np.isfinite(self.wse)
+            & np.isfinite(self.slope)
+            & np.isfinite(self.dA)
+            & (self.slope > 0)
+            & (self.width > 0)
+        )
 
     @property
     def n_valid(self) -> int:
