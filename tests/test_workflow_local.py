@@ -155,3 +155,17 @@ def test_bad_config_value_stops_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "modules.momma.scope" in output and "reach, set, basin, continent" in output
     assert not os.path.exists(tmp_path / "results")
+
+
+def test_inspection_commands_describe_the_run(finished_run, tiny_plan):
+    rulegraph = snakemake(finished_run, "--rulegraph").stdout
+    assert rulegraph.lstrip().startswith("digraph")
+    for rule in ["input", "priors", "flpe", "moi", "validation", "output"]:
+        assert f'label = "{rule}"' in rulegraph
+    dag = snakemake(finished_run, "--dag").stdout
+    assert dag.count("chunk: ") >= len(tiny_plan.chunks) * (3 + len(CHAIN))
+    summary = snakemake(finished_run, "--summary").stdout.splitlines()
+    assert summary[0].split("\t")[:3] == ["output_file", "date", "rule"]
+    rows = [line.split("\t") for line in summary[1:]]
+    assert {row[2] for row in rows} >= {"input", "flpe", "moi", "output", "summary"}
+    assert all(row[4] == "ok" for row in rows if row[0].startswith("results/"))

@@ -33,6 +33,7 @@ def source_dir(mount: dict, efs: Path) -> Path:
 def build_mount_root(mounts: list[dict], efs: Path, job_dir: Path) -> Path:
     """Create the job's mount tree under ``job_dir`` and return its root."""
     root = Path(job_dir) / "data"
+    root.parent.mkdir(parents=True, exist_ok=True)
     for mount in mounts:
         source = source_dir(mount, efs)
         source.mkdir(parents=True, exist_ok=True)
