@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from confluence.config import validate as validate_config
-from confluence.workflow import Workflow, plan_spec, sentinel, state
+from confluence.workflow import WORKLISTS, Workflow, plan_spec, sentinel, state
 
 # Stop before any job on a bad value, naming the key path and the allowed values.
 config.update(validate_config(config))

@@ -5,7 +5,7 @@ rule plan:
         expand(
             "{efs}/input/worklists/{{unit}}/{name}",
             efs=EFS,
-            name=["reaches.json", "sets.json", "basin.json", "continent.json"],
+            name=WORKLISTS,
         ),
     log:
         "logs/plan/{unit}.log",

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from confluence import contract, synthetic
+from confluence.plan import basin_item, reach_item
 
 TINY_SPEC = {
     "kind": "synthetic",
@@ -65,16 +66,6 @@ class SyntheticDomain:
         return synthetic.read_truth(self.truth_dir / synthetic.truth_name(continent))
 
 
-def reach_item(reach_id: int) -> dict:
-    continent = contract.continent_of(reach_id)
-    return {
-        "reach_id": int(reach_id),
-        "sword": contract.sword_name(continent),
-        "swot": contract.swot_name(reach_id),
-        "sos": contract.sos_priors_name(continent),
-    }
-
-
 def write_worklists(directory: Path, reach_ids) -> Path:
     """The four work lists of these reaches (one set per reach, basins by ID prefix)."""
     directory = Path(directory)
@@ -91,15 +82,7 @@ def write_worklists(directory: Path, reach_ids) -> Path:
     lists = {
         "reaches.json": [reach_item(r) for r in reach_ids],
         "sets.json": [[reach_item(r)] for r in reach_ids],
-        "basin.json": [
-            {
-                "basin_id": basin,
-                "reach_id": ids,
-                "sword": contract.sword_name(contract.continent_of(ids[0])),
-                "sos": contract.sos_priors_name(contract.continent_of(ids[0])),
-            }
-            for basin, ids in basins.items()
-        ],
+        "basin.json": [basin_item(basin, ids) for basin, ids in basins.items()],
         "continent.json": [{c: contract.CONTINENTS[c]} for c in continents],
     }
     for name, items in lists.items():

@@ -67,9 +67,6 @@ class Workflow:
 
     # --- inputs of each rule ---------------------------------------------------------------
 
-    def worklist_files(self, unit: str) -> list[str]:
-        return [f"{self.efs}/input/worklists/{unit}/{name}" for name in WORKLISTS]
-
     def domain_files(self, continent: str) -> list[str]:
         """Files the synthetic generator writes for a continent (the stage-in's stand-in)."""
         if self.config["domain"]["kind"] != "synthetic":
