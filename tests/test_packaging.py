@@ -19,7 +19,8 @@ def _spec(requirement: str) -> str:
 
 def test_environment_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_side = project["dependencies"] + project["optional-dependencies"]["test"]
+    extras = project["optional-dependencies"]
+    pip_side = project["dependencies"] + [dep for deps in extras.values() for dep in deps]
     conda = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
     conda_side = [d for d in conda if isinstance(d, str) and _name(d) not in ("python", "pip")]
     assert sorted(map(_spec, pip_side)) == sorted(map(_spec, conda_side))

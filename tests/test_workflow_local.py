@@ -163,7 +163,10 @@ def test_inspection_commands_describe_the_run(finished_run, tiny_plan):
     for rule in ["input", "priors", "flpe", "moi", "validation", "output"]:
         assert f'label = "{rule}"' in rulegraph
     dag = snakemake(finished_run, "--dag").stdout
-    assert dag.count("chunk: ") >= len(tiny_plan.chunks) * (3 + len(CHAIN))
+    chunks = len(tiny_plan.chunks)
+    for rule in ["input", "prediagnostics", *CHAIN]:
+        assert dag.count(f'label = "{rule}') == chunks, rule
+    assert dag.count('label = "flpe') == len(ALGORITHMS) * chunks
     summary = snakemake(finished_run, "--summary").stdout.splitlines()
     assert summary[0].split("\t")[:3] == ["output_file", "date", "rule"]
     rows = [line.split("\t") for line in summary[1:]]
