@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream", nargs="*", default=[], help="upstream sentinels")
     p.add_argument("--run-type", default="constrained")
     p.add_argument("--workers", type=int, default=1, help="size of the process pool")
+    p.add_argument(
+        "--publish", help="publish the chunk's outputs here once done (s3://bucket/prefix or DIR)"
+    )
     p.set_defaults(func=_delegate("confluence.runner:cli"))
 
     p = sub.add_parser("summary", help="per-module table and validation figures from sentinels")
@@ -118,6 +121,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", required=True, help="CSV table to write")
     p.add_argument("--figures", required=True, help="folder to gather the figures in")
     p.set_defaults(func=_delegate("confluence.summary:cli"))
+
+    p = sub.add_parser(
+        "sync", help="copy new and changed files between local folders and S3 (verified)"
+    )
+    p.add_argument("source", help="local directory or s3://bucket/prefix")
+    p.add_argument("destination", help="local directory or s3://bucket/prefix")
+    p.add_argument(
+        "--delete", action="store_true", help="delete destination files the source lacks"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what would be copied and deleted, change nothing",
+    )
+    # Both append to one list so their order survives: later rules win, as in aws s3 sync.
+    p.add_argument(
+        "--include",
+        dest="filters",
+        action="append",
+        default=[],
+        type=lambda glob: ("include", glob),
+        metavar="GLOB",
+        help="include relative paths matching GLOB (repeatable; later rules win)",
+    )
+    p.add_argument(
+        "--exclude",
+        dest="filters",
+        action="append",
+        default=[],
+        type=lambda glob: ("exclude", glob),
+        metavar="GLOB",
+        help="exclude relative paths matching GLOB (repeatable; later rules win)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="parallel transfers (default min(32, 8 x cores))",
+    )
+    p.add_argument(
+        "--files-from",
+        metavar="FILE",
+        help="sync only these paths (lines, JSON list or --manifest file); SRC is not listed",
+    )
+    p.add_argument("--manifest", metavar="FILE", help="write a JSON list of the files in place")
+    p.set_defaults(func=_delegate("confluence.sync:cli"))
 
     return parser
 
