@@ -13,6 +13,7 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/plan.smk"
+include: "rules/stage_in.smk"
 include: "rules/input.smk"
 include: "rules/priors.smk"
 include: "rules/prediagnostics.smk"

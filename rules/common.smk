@@ -9,6 +9,7 @@ from confluence.workflow import WORKLISTS, Workflow, plan_spec, sentinel, state
 config.update(validate_config(config))
 WF = Workflow(config)
 EFS = WF.efs
+INPUTS = config["storage"]["inputs"]
 PLAN_SPEC = json.dumps(plan_spec(config), sort_keys=True, separators=(",", ":"))
 
 
@@ -19,12 +20,13 @@ wildcard_constraints:
     algorithm="|".join(WF.algorithms),
 
 
-# One shell command for every module rule: the runner reads the module's configuration.
+# One shell command for every module rule: the runner reads the module's configuration,
+# and publishes the chunk's outputs to storage.publish once the chunk counts as done.
 RUN_CHUNK = (
     "confluence run-chunk {params.name} {params.unit} --module-config {params.module:q}"
     " --efs {params.efs:q} --sentinel {output.sentinel:q} --state {params.state:q}"
     " --upstream {input.upstream:q} --run-type {params.run_type} --workers {threads}"
-    " > {log:q} 2>&1"
+    f"{WF.publish_option} > {{log:q}} 2>&1"
 )
 
 
@@ -64,3 +66,8 @@ def input_fs_of(wildcards, output):
 
 def truth_dir_of(wildcards, output):
     return str(Path(output.truth).parent)
+
+
+def staging_sources(wildcards):
+    """What stage-in copies from: the synthetic domain's files when it is generated here."""
+    return WF.staging_sources(wildcards.continent)

@@ -21,13 +21,13 @@ rule plan:
         " --output-dir {params.output_dir:q} > {log:q} 2>&1"
 
 
-# The synthetic domain, generated on demand: SWORD, the previous SoS, gauges, raw SWOT
-# granules (the files a stage-in from S3 would bring) and the true discharge for checks.
+# The synthetic domain, generated on demand into the inputs "bucket" (storage.inputs):
+# SWORD, the previous SoS, gauges and raw SWOT granules, plus the true discharge for checks.
 rule synthesize:
     output:
-        sword=f"{EFS}/input/sword/{{continent}}_sword_v16.nc",
-        sos=f"{EFS}/input/sos/previous/{{continent}}_sword_v16_SOS_priors.nc",
-        gauges=f"{EFS}/input/gage/{{continent}}_gauges.nc",
+        sword=f"{INPUTS}/sword/{{continent}}_sword_v16.nc",
+        sos=f"{INPUTS}/sos/previous/{{continent}}_sword_v16_SOS_priors.nc",
+        gauges=f"{INPUTS}/gage/{{continent}}_gauges.nc",
         truth=f"{config['paths']['truth']}/{{continent}}_truth.nc",
     log:
         "logs/synthesize/{continent}.log",

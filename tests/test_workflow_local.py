@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from s3_server import S3Server
 from workflow_helpers import ROOT, TINY, planned_jobs, sentinel, snakemake
 
 from confluence import config as config_module
@@ -22,11 +23,29 @@ def tiny_plan():
     return plan_module.plan_from_config(config)
 
 
+BUCKET = "confluence-sos"
+
+
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def s3():
+    with S3Server() as server:
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, s3):
+    """The whole chain on the tiny domain, publishing every chunk to a real S3 endpoint."""
     workdir = tmp_path_factory.mktemp("run")
-    snakemake(workdir)
+    publish = workdir / "publish.yaml"
+    publish.write_text(f"storage:\n  publish: s3://{BUCKET}/runs\n")
+    run(workdir)
     return workdir
+
+
+def run(workdir, *args, **options):
+    """Snakemake on the finished run's directory, with the same configuration as it ran."""
+    return snakemake(workdir, *args, configfiles=[workdir / "publish.yaml"], **options)
 
 
 def test_dry_run_shows_every_chunk_of_every_module(tmp_path, tiny_plan):
@@ -38,6 +57,7 @@ def test_dry_run_shows_every_chunk_of_every_module(tmp_path, tiny_plan):
     assert {rule: jobs.get(rule) for rule in per_chunk} == dict.fromkeys(per_chunk, chunks)
     assert jobs["flpe"] == len(ALGORITHMS) * chunks
     assert jobs["priors"] == jobs["output"] == jobs["synthesize"] == continents
+    assert jobs["stage_in"] == continents
     assert jobs["plan"] == chunks + continents
     assert not (tmp_path / "results").exists(), "a dry run must not write results"
 
@@ -81,14 +101,14 @@ def test_whole_chain_runs_and_isolates_the_faulty_reaches(finished_run, tiny_pla
 
 
 def test_nothing_left_to_do_after_a_run(finished_run):
-    result = snakemake(finished_run, "-n")
+    result = run(finished_run, "-n")
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
 def test_forcerun_of_one_chunk_runs_exactly_it_and_its_descendants(finished_run, tiny_plan):
     chunk = tiny_plan.chunks[0]
     target = f"results/moi/{chunk.id}.json"
-    jobs = planned_jobs(snakemake(finished_run, "-n", "--forcerun", target).stdout)
+    jobs = planned_jobs(run(finished_run, "-n", "--forcerun", target).stdout)
     assert jobs == {
         "moi": 1,
         "postdiagnostics_moi": 1,
@@ -100,7 +120,7 @@ def test_forcerun_of_one_chunk_runs_exactly_it_and_its_descendants(finished_run,
     }
     untouched = finished_run / "results" / "moi" / f"{tiny_plan.chunks[-1].id}.json"
     before = untouched.stat().st_mtime_ns
-    snakemake(finished_run, "--forcerun", target)
+    run(finished_run, "--forcerun", target)
     assert untouched.stat().st_mtime_ns == before
     assert sentinel(finished_run, "moi", chunk.id)["counts"]["failed"] == 0
 
@@ -116,7 +136,7 @@ def test_failed_items_are_isolated_and_rerun_alone(finished_run, tiny_plan):
         path.write_bytes(backups[path][:100])  # a truncated download
 
     target = f"results/prediagnostics/{chunk.id}.json"
-    result = snakemake(finished_run, "--forcerun", target, check=False)
+    result = run(finished_run, "--forcerun", target, check=False)
     assert result.returncode != 0, "2 failures of a small chunk exceed the 10 % tolerance"
     assert not (finished_run / target).exists()
     state = json.loads((finished_run / "state" / "prediagnostics" / f"{chunk.id}.json").read_text())
@@ -130,7 +150,7 @@ def test_failed_items_are_isolated_and_rerun_alone(finished_run, tiny_plan):
     for path, content in backups.items():
         path.write_bytes(content)
     # The same command again: the job repeats only its two failed items.
-    snakemake(finished_run, "--forcerun", target)
+    run(finished_run, "--forcerun", target)
     done = sentinel(finished_run, "prediagnostics", chunk.id)
     assert done["counts"]["failed"] == 0
     # The items that had succeeded were not run again: same start times as before.
@@ -140,7 +160,7 @@ def test_failed_items_are_isolated_and_rerun_alone(finished_run, tiny_plan):
 
 
 def test_report_has_the_table_and_the_figures(finished_run):
-    snakemake(finished_run, "--report", "report.html")
+    run(finished_run, "--report", "report.html")
     html = (finished_run / "report.html").read_text(errors="replace")
     assert "modules.csv" in html and ".png" in html
 
@@ -158,17 +178,37 @@ def test_bad_config_value_stops_before_any_job(tmp_path):
 
 
 def test_inspection_commands_describe_the_run(finished_run, tiny_plan):
-    rulegraph = snakemake(finished_run, "--rulegraph").stdout
+    rulegraph = run(finished_run, "--rulegraph").stdout
     assert rulegraph.lstrip().startswith("digraph")
     for rule in ["input", "priors", "flpe", "moi", "validation", "output"]:
         assert f'label = "{rule}"' in rulegraph
-    dag = snakemake(finished_run, "--dag").stdout
+    dag = run(finished_run, "--dag").stdout
     chunks = len(tiny_plan.chunks)
     for rule in ["input", "prediagnostics", *CHAIN]:
         assert dag.count(f'label = "{rule}') == chunks, rule
     assert dag.count('label = "flpe') == len(ALGORITHMS) * chunks
-    summary = snakemake(finished_run, "--summary").stdout.splitlines()
+    summary = run(finished_run, "--summary").stdout.splitlines()
     assert summary[0].split("\t")[:3] == ["output_file", "date", "rule"]
     rows = [line.split("\t") for line in summary[1:]]
     assert {row[2] for row in rows} >= {"input", "flpe", "moi", "output", "summary"}
     assert all(row[4] == "ok" for row in rows if row[0].startswith("results/"))
+
+
+def test_every_chunk_is_published_to_s3_exactly_as_its_sentinel_lists(finished_run, s3):
+    listing = s3.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+    objects = {o["Key"]: o for page in listing for o in page.get("Contents", [])}
+    published = 0
+    for path in (finished_run / "results").glob("*/*.json"):
+        if path.parent.name == "summary":
+            continue
+        doc = json.loads(path.read_text())
+        assert doc["published"]["ok"], path
+        listed = {o["path"]: o for item in doc["items"] for o in item["outputs"]}
+        entries = {e["path"]: e for e in doc["published"]["files"]}
+        assert set(entries) == set(listed), path
+        for rel, output in listed.items():
+            key = f"runs/constrained/demo/{rel}"
+            assert objects[key]["Size"] == output["size"]
+            assert entries[rel]["size"] == output["size"]
+            published += 1
+    assert published == len(objects) > 100

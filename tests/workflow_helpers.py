@@ -13,8 +13,14 @@ BIN = Path(sys.executable).parent
 TINY = ROOT / "tests" / "data" / "tiny.yaml"
 
 
-def snakemake(workdir: Path, *args: str, profile: str = "local", check: bool = True):
-    """`snakemake --profile profiles/<profile>` with the tiny domain, in ``workdir``."""
+def snakemake(
+    workdir: Path, *args: str, profile: str = "local", check: bool = True, configfiles=()
+):
+    """`snakemake --profile profiles/<profile>` with the tiny domain, in ``workdir``.
+
+    ``configfiles`` are merged over the tiny domain's; the environment is this process's
+    (so an S3 server's AWS_* variables reach the jobs).
+    """
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     command = [
         str(BIN / "snakemake"),
@@ -27,6 +33,7 @@ def snakemake(workdir: Path, *args: str, profile: str = "local", check: bool = T
         "--configfile",
         str(ROOT / "config" / "config.yaml"),
         str(TINY),
+        *map(str, configfiles),
         *args,
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)

@@ -427,6 +427,12 @@ def validate(config: dict) -> dict:
             f"{run['chunk_size']}; an inversion set must fit in one chunk"
         )
     problems += _domain_problems(config["domain"])
+    if config["domain"]["kind"] == "synthetic" and config["storage"]["inputs"].startswith("s3://"):
+        problems.append(
+            f"config key storage.inputs: {config['storage']['inputs']!r} is an S3 URL, but the "
+            "synthetic domain is generated into a local folder; use a local folder, or upload "
+            "the generated inputs with `confluence sync` and set domain.kind: sword"
+        )
     flpe_modules = [n for n, m in modules.items() if m["stage"] == FLPE_STAGE]
     for i, algo in enumerate(config["flpe"]["algorithms"]):
         if algo not in modules:

@@ -142,6 +142,7 @@ def run_chunk(
     upstream: list[Path] = (),
     run_type: str = "constrained",
     workers: int = 1,
+    publish: str | None = None,
     log=sys.stdout,
 ) -> bool:
     """Run every item that still needs running; True when the chunk counts as done."""
@@ -162,7 +163,10 @@ def run_chunk(
 
     previous = manifest.load(Path(state))
     reusable = {}
-    if previous and previous.get("fingerprint") == digest and not previous.get("all_ok"):
+    unfinished = previous and (
+        not previous.get("all_ok") or not previous.get("published", {}).get("ok", True)
+    )
+    if unfinished and previous.get("fingerprint") == digest:
         # Same inputs as an attempt that had failures: keep what succeeded, if still intact.
         for rec in previous["items"]:
             if rec["status"] == OK and all(
@@ -285,6 +289,9 @@ def run_chunk(
         file=log,
         flush=True,
     )
+    if tolerated and publish:
+        tolerated = publish_outputs(doc, efs, publish, log)
+        manifest.write(state, doc)
     if tolerated:
         manifest.write(sentinel, doc)
     else:
@@ -299,6 +306,28 @@ def run_chunk(
     return tolerated
 
 
+def publish_outputs(doc: dict, efs: Path, destination: str, log) -> bool:
+    """Copy exactly the files the manifest lists to ``destination`` and record where.
+
+    Runs only once the chunk counts as done, so nothing half-finished is published; a
+    failed publication fails the job, and its rerun (incremental) publishes what is missing.
+    """
+    from confluence.sync import sync
+
+    files = [o["path"] for item in doc["items"] for o in item["outputs"]]
+    result = sync(str(efs), destination, files=files, progress=False)
+    doc["published"] = {
+        "destination": destination,
+        "ok": result.ok,
+        "files": result.entries,
+        "failed": [list(failure) for failure in result.failed],
+    }
+    print(result.summary(), file=log, flush=True)
+    for path, reason in result.failed:
+        print(f"    publication failed: {path}: {reason}", file=log, flush=True)
+    return result.ok
+
+
 def cli(args) -> int:
     module = json.loads(args.module_config)
     done = run_chunk(
@@ -311,5 +340,6 @@ def cli(args) -> int:
         [Path(p) for p in args.upstream],
         args.run_type,
         args.workers,
+        args.publish,
     )
     return 0 if done else 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from functools import cached_property
 from pathlib import Path
 
@@ -68,17 +69,37 @@ class Workflow:
     # --- inputs of each rule ---------------------------------------------------------------
 
     def domain_files(self, continent: str) -> list[str]:
-        """Files the synthetic generator writes for a continent (the stage-in's stand-in)."""
-        if self.config["domain"]["kind"] != "synthetic":
-            return []
+        """A continent's inputs on the input file system, as the stage-in writes them."""
         input_fs = f"{self.efs}/input"
-        files = [
+        return [
             f"{input_fs}/sword/{contract.sword_name(continent)}",
             f"{input_fs}/sos/previous/{contract.sos_priors_name(continent)}",
             f"{input_fs}/gage/{continent}_gauges.nc",
+            f"{input_fs}/swot_raw/{continent}",
+        ]
+
+    def staging_sources(self, continent: str) -> list[str]:
+        """The synthetic domain's files in the local inputs folder; an external bucket has
+        nothing Snakemake can build, so stage-in then depends on nothing."""
+        if self.config["domain"]["kind"] != "synthetic":
+            return []
+        inputs = self.config["storage"]["inputs"]
+        return [
+            f"{inputs}/sword/{contract.sword_name(continent)}",
+            f"{inputs}/sos/previous/{contract.sos_priors_name(continent)}",
+            f"{inputs}/gage/{continent}_gauges.nc",
             f"{self.config['paths']['truth']}/{continent}_truth.nc",
         ]
-        return files
+
+    @property
+    def publish_option(self) -> str:
+        """The runner's --publish option: storage.publish/{run_type}/{run name}, or nothing."""
+        publish = self.config["storage"]["publish"]
+        if not publish:
+            return ""
+        run = self.config["run"]
+        destination = "/".join([publish.rstrip("/"), run["run_type"], run["name"]])
+        return f" --publish {shlex.quote(destination)}"
 
     def upstream(self, name: str, unit: str) -> list[str]:
         """Sentinels that module ``name`` needs for ``unit``: the DAG, chunk by chunk."""
