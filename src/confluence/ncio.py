@@ -745,16 +745,7 @@ def read_gauges(path) -> GaugeRecords:
 #: Fields of a granule's reach records (columns of ``reach_obs``), in stored order.
 GRANULE_REACH_FIELDS = ("time",) + SWOT_REACH_VARS
 #: Fields of a granule's node records (columns of ``node_obs``).
-GRANULE_NODE_FIELDS = (
-    "time",
-    "width",
-    "width_u",
-    "wse",
-    "wse_u",
-    "slope2",
-    "slope2_u",
-    "d_x_area",
-    "d_x_area_u",
+GRANULE_NODE_FIELDS = SWOT_NODE_VARS + (
     "node_q",
     "dark_frac",
     "ice_clim_f",
