@@ -126,11 +126,6 @@ def read_worklist_item(path: Path, index: int):
     return items[index]
 
 
-def sibling_worklist(worklist: Path, name: str) -> list:
-    """Another work list of the same chunk (they sit side by side), e.g. sets.json."""
-    return read_worklist(Path(worklist).with_name(name))
-
-
 @contextmanager
 def atomic_output(path: Path):
     """Yield a temporary path beside ``path``; rename it into place only on success.
