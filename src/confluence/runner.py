@@ -132,6 +132,215 @@ def expected_outputs(
     return list(dict.fromkeys(found)), missing
 
 
+@dataclass
+class ChunkPlan:
+    """What one module must do for one chunk: its items, which of them an earlier attempt
+    already finished (``reusable``), and everything that decides their results."""
+
+    name: str
+    unit: str
+    module: dict
+    run_type: str
+    worklist_rel: str  # relative to the input file system
+    items: list[Item]
+    args: list[str]
+    digest: str
+    failed_upstream: set[int]
+    reusable: dict[int, dict]
+    started: str
+
+    @property
+    def todo(self) -> list[Item]:
+        return [item for item in self.items if item.index not in self.reusable]
+
+    def to_json(self) -> dict:
+        """The plan as JSON, for a job that finishes the chunk elsewhere (finish-chunk)."""
+        return {
+            "name": self.name,
+            "unit": self.unit,
+            "module": self.module,
+            "run_type": self.run_type,
+            "worklist_rel": self.worklist_rel,
+            "args": self.args,
+            "digest": self.digest,
+            "failed_upstream": sorted(self.failed_upstream),
+            "reusable": list(self.reusable.values()),
+            "started": self.started,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict, efs: Path) -> ChunkPlan:
+        worklist = contract.read_worklist(Path(efs) / "input" / doc["worklist_rel"])
+        return cls(
+            doc["name"],
+            doc["unit"],
+            doc["module"],
+            doc["run_type"],
+            doc["worklist_rel"],
+            items_of(doc["module"]["scope"], worklist),
+            doc["args"],
+            doc["digest"],
+            set(doc["failed_upstream"]),
+            {rec["index"]: rec for rec in doc["reusable"]},
+            doc["started"],
+        )
+
+
+def plan_chunk(
+    name: str,
+    unit: str,
+    module: dict,
+    efs: Path,
+    state: Path,
+    upstream: list[Path] = (),
+    run_type: str = "constrained",
+) -> ChunkPlan:
+    efs = Path(efs)
+    worklist_rel = f"worklists/{unit}/{module['worklist']}"
+    worklist = contract.read_worklist(efs / "input" / worklist_rel)
+    upstream_manifests = [manifest.load(Path(p)) or {} for p in upstream]
+    digest = manifest.fingerprint(
+        name,
+        module,
+        run_type,
+        worklist,
+        [manifest.upstream_digest(m) for m in upstream_manifests],
+    )
+    previous = manifest.load(Path(state))
+    reusable = {}
+    unfinished = previous and (
+        not previous.get("all_ok") or not previous.get("published", {}).get("ok", True)
+    )
+    if unfinished and previous.get("fingerprint") == digest:
+        # Same inputs as an attempt that had failures: keep what succeeded, if still intact.
+        for rec in previous["items"]:
+            if rec["status"] == OK and all(
+                manifest.record_still_valid(o, efs) for o in rec["outputs"]
+            ):
+                reusable[rec["index"]] = rec
+    return ChunkPlan(
+        name,
+        unit,
+        module,
+        run_type,
+        worklist_rel,
+        items_of(module["scope"], worklist),
+        arguments(module, unit, run_type),
+        digest,
+        set().union(*(manifest.failed_reaches(m) for m in upstream_manifests)),
+        reusable,
+        manifest.now(),
+    )
+
+
+def item_record(plan: ChunkPlan, item: Item, result: dict, efs: Path) -> dict:
+    """An item's manifest record from its exit code, log and the outputs found on disk."""
+    if result["exit_code"] == 0:
+        outputs, missing = expected_outputs(plan.module, item, efs, plan.failed_upstream)
+        status, message = OK, ""
+        if missing:
+            status = FAILED
+            message = f"exited 0 but did not write {', '.join(missing)}"
+    elif result["exit_code"] == contract.EXIT_UPSTREAM_MISSING:
+        outputs, status, message = [], SKIPPED, _message(plan.name, result)
+    else:
+        outputs, status, message = [], FAILED, _message(plan.name, result)
+    return {
+        "index": item.index,
+        "id": item.id,
+        "reach_ids": item.reach_ids,
+        "status": status,
+        "message": message,
+        "exit_code": result["exit_code"],
+        "outputs": [manifest.file_record(p, efs) for p in outputs],
+        "start": result["start"],
+        "end": result["end"],
+        "seconds": result["seconds"],
+    }
+
+
+def chunk_document(
+    plan: ChunkPlan, records: dict[int, dict], finished: bool, executor: str, job_ids: list
+) -> dict:
+    ordered = [records[i.index] for i in plan.items if i.index in records]
+    module = plan.module
+    return {
+        "schema": manifest.SCHEMA_VERSION,
+        "module": plan.name,
+        "unit": plan.unit,
+        "scope": module["scope"],
+        "stage": module.get("stage"),
+        "image": module.get("image"),
+        "worklist": plan.worklist_rel,
+        "arguments": plan.args,
+        "run_type": plan.run_type,
+        "fingerprint": plan.digest,
+        "code_version": manifest.code_version(),
+        "executor": executor,
+        "job_ids": job_ids,
+        "started": plan.started,
+        "finished": manifest.now() if finished else None,
+        "counts": manifest.counts(ordered),
+        "failed_percent": round(manifest.failed_percent(ordered), 3),
+        "tolerated_failure_percent": module.get("tolerated_failure_percent", 0),
+        "all_ok": finished and all(r["status"] == OK for r in ordered),
+        "items": ordered,
+    }
+
+
+def log_item(plan: ChunkPlan, record: dict, done: int, total: int, log_text: str, log) -> None:
+    message = record["message"]
+    print(
+        f"[{done}/{total}] {plan.name} item {record['index']} ({record['id']}): "
+        f"{record['status']}"
+        + (f": {message}" if message else "")
+        + f" ({record['seconds']:.2f} s)",
+        file=log,
+        flush=True,
+    )
+    if record["status"] != OK and len(log_text.strip().splitlines()) > 1:
+        tail = "\n".join(log_text.rstrip().splitlines()[-15:])
+        print("    " + tail.replace("\n", "\n    "), file=log, flush=True)
+
+
+def tolerated(doc: dict) -> bool:
+    return doc["failed_percent"] <= doc["tolerated_failure_percent"]
+
+
+def report(doc: dict, log) -> None:
+    tally = doc["counts"]
+    print(
+        f"{doc['module']} {doc['unit']}: {tally[OK]} ok, {tally[FAILED]} failed, "
+        f"{tally[SKIPPED]} skipped (upstream failed) of {tally['total']}; failed "
+        f"{doc['failed_percent']:.1f} % (tolerated {doc['tolerated_failure_percent']} %)",
+        file=log,
+        flush=True,
+    )
+
+
+def conclude(doc: dict, sentinel: Path, state: Path, log) -> bool:
+    """Write the state, and the sentinel when the chunk counts as done (failures within the
+    module's tolerance and its publication, if any, complete)."""
+    manifest.write(state, doc)
+    done = tolerated(doc) and doc.get("published", {}).get("ok", True)
+    if done:
+        manifest.write(sentinel, doc)
+    else:
+        failed = [r["id"] for r in doc["items"] if r["status"] == FAILED]
+        reason = (
+            f"failed items: {', '.join(failed)}"
+            if not tolerated(doc)
+            else "the publication of its outputs failed"
+        )
+        print(
+            f"{doc['module']} {doc['unit']}: not done; {reason}. The next run of this job "
+            f"repeats only the items that did not succeed (state kept in {state}).",
+            file=log,
+            flush=True,
+        )
+    return done
+
+
 def run_chunk(
     name: str,
     unit: str,
@@ -147,103 +356,16 @@ def run_chunk(
 ) -> bool:
     """Run every item that still needs running; True when the chunk counts as done."""
     efs = Path(efs)
-    worklist_path = efs / "input" / "worklists" / unit / module["worklist"]
-    worklist = contract.read_worklist(worklist_path)
-    items = items_of(module["scope"], worklist)
-    upstream_manifests = [manifest.load(Path(p)) or {} for p in upstream]
-    failed_upstream = set().union(*(manifest.failed_reaches(m) for m in upstream_manifests))
-    args = arguments(module, unit, run_type)
-    digest = manifest.fingerprint(
-        name,
-        module,
-        run_type,
-        worklist,
-        [manifest.upstream_digest(m) for m in upstream_manifests],
-    )
-
-    previous = manifest.load(Path(state))
-    reusable = {}
-    unfinished = previous and (
-        not previous.get("all_ok") or not previous.get("published", {}).get("ok", True)
-    )
-    if unfinished and previous.get("fingerprint") == digest:
-        # Same inputs as an attempt that had failures: keep what succeeded, if still intact.
-        for rec in previous["items"]:
-            if rec["status"] == OK and all(
-                manifest.record_still_valid(o, efs) for o in rec["outputs"]
-            ):
-                reusable[rec["index"]] = rec
-
-    started = manifest.now()
-    records: dict[int, dict] = dict(reusable)
-    todo = [item for item in items if item.index not in reusable]
+    plan = plan_chunk(name, unit, module, efs, state, upstream, run_type)
+    records: dict[int, dict] = dict(plan.reusable)
+    todo = plan.todo
     print(
-        f"{name} {unit}: {len(items)} items, {len(reusable)} kept from the previous attempt, "
-        f"{len(todo)} to run with {max(1, min(workers, len(todo)))} workers",
+        f"{name} {unit}: {len(plan.items)} items, {len(plan.reusable)} kept from the previous "
+        f"attempt, {len(todo)} to run with {max(1, min(workers, len(todo)))} workers",
         file=log,
         flush=True,
     )
-
-    def document(finished: bool) -> dict:
-        ordered = [records[i.index] for i in items if i.index in records]
-        doc = {
-            "schema": manifest.SCHEMA_VERSION,
-            "module": name,
-            "unit": unit,
-            "scope": module["scope"],
-            "stage": module.get("stage"),
-            "image": module.get("image"),
-            "worklist": str(worklist_path.relative_to(efs / "input")),
-            "arguments": args,
-            "run_type": run_type,
-            "fingerprint": digest,
-            "code_version": manifest.code_version(),
-            "executor": "local",
-            "job_ids": [f"local:{os.getpid()}"],
-            "started": started,
-            "finished": manifest.now() if finished else None,
-            "counts": manifest.counts(ordered),
-            "failed_percent": round(manifest.failed_percent(ordered), 3),
-            "tolerated_failure_percent": module.get("tolerated_failure_percent", 0),
-            "all_ok": finished and all(r["status"] == OK for r in ordered),
-            "items": ordered,
-        }
-        return doc
-
-    def record(item: Item, result: dict) -> None:
-        if result["exit_code"] == 0:
-            outputs, missing = expected_outputs(module, item, efs, failed_upstream)
-            status, message = OK, ""
-            if missing:
-                status = FAILED
-                message = f"exited 0 but did not write {', '.join(missing)}"
-        elif result["exit_code"] == contract.EXIT_UPSTREAM_MISSING:
-            outputs, status, message = [], SKIPPED, _message(name, result)
-        else:
-            outputs, status, message = [], FAILED, _message(name, result)
-        records[item.index] = {
-            "index": item.index,
-            "id": item.id,
-            "reach_ids": item.reach_ids,
-            "status": status,
-            "message": message,
-            "exit_code": result["exit_code"],
-            "outputs": [manifest.file_record(p, efs) for p in outputs],
-            "start": result["start"],
-            "end": result["end"],
-            "seconds": result["seconds"],
-        }
-        done = len(records) - len(reusable)
-        print(
-            f"[{done}/{len(todo)}] {name} item {item.index} ({item.id}): {status}"
-            + (f": {message}" if message else "")
-            + f" ({result['seconds']:.2f} s)",
-            file=log,
-            flush=True,
-        )
-        if status != OK and len(result["log"].strip().splitlines()) > 1:
-            tail = "\n".join(result["log"].rstrip().splitlines()[-15:])
-            print("    " + tail.replace("\n", "\n    "), file=log, flush=True)
+    job_ids = [f"local:{os.getpid()}"]
 
     # Import the module's code once here, so forked workers start with it loaded.
     from confluence.modules import REGISTRY
@@ -258,7 +380,7 @@ def run_chunk(
             max(1, min(workers, len(todo))), mp_context=get_context("fork")
         ) as pool:
             futures = {
-                pool.submit(_run_item, name, item.index, [*args], root): item for item in todo
+                pool.submit(_run_item, name, item.index, [*plan.args], root): item for item in todo
             }
             for future in as_completed(futures):
                 try:
@@ -269,41 +391,24 @@ def run_chunk(
                     result = {
                         "exit_code": 1,
                         "log": "the worker process died (killed, or crashed in native code)",
-                        "start": started,
+                        "start": plan.started,
                         "end": manifest.now(),
                         "seconds": 0.0,
                     }
-                record(futures[future], result)
+                item = futures[future]
+                records[item.index] = item_record(plan, item, result, efs)
+                done = len(records) - len(plan.reusable)
+                log_item(plan, records[item.index], done, len(todo), result["log"], log)
                 if time.monotonic() - last_state > STATE_INTERVAL_SECONDS:
-                    manifest.write(state, document(False))
+                    manifest.write(state, chunk_document(plan, records, False, "local", job_ids))
                     last_state = time.monotonic()
 
-    doc = document(True)
+    doc = chunk_document(plan, records, True, "local", job_ids)
     manifest.write(state, doc)
-    tolerated = doc["failed_percent"] <= doc["tolerated_failure_percent"]
-    tally = doc["counts"]
-    print(
-        f"{name} {unit}: {tally[OK]} ok, {tally[FAILED]} failed, {tally[SKIPPED]} skipped "
-        f"(upstream failed) of {tally['total']}; failed {doc['failed_percent']:.1f} % "
-        f"(tolerated {doc['tolerated_failure_percent']} %)",
-        file=log,
-        flush=True,
-    )
-    if tolerated and publish:
-        tolerated = publish_outputs(doc, efs, publish, log)
-        manifest.write(state, doc)
-    if tolerated:
-        manifest.write(sentinel, doc)
-    else:
-        failed = [r["id"] for r in doc["items"] if r["status"] == FAILED]
-        print(
-            f"{name} {unit}: too many failures; failed items: {', '.join(failed)}. "
-            f"The next run of this job repeats only the items that did not succeed "
-            f"(state kept in {state}).",
-            file=log,
-            flush=True,
-        )
-    return tolerated
+    report(doc, log)
+    if tolerated(doc) and publish:
+        publish_outputs(doc, efs, publish, log)
+    return conclude(doc, sentinel, state, log)
 
 
 def publish_outputs(doc: dict, efs: Path, destination: str, log) -> bool:
