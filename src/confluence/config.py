@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import datetime
+import os
+import re
 import string
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -355,6 +357,8 @@ def _derive_module_keys(name: str, module) -> dict:
         return module
     module = dict(module)
     module.setdefault("stage", name)
+    module.setdefault("queue", module["stage"])
+    module.setdefault("job_definition", name)
     module.setdefault("image", f"confluence-{name}:latest")
     scope, worklist = module.get("scope"), module.get("worklist")
     if scope is None and worklist in WORKLIST_SCOPE:
@@ -394,11 +398,43 @@ def _domain_problems(domain: dict) -> list[str]:
     return problems
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_environment(value, path=(), problems=None):
+    """``${NAME}`` and ``${NAME:-default}`` in string values, from the environment, so a
+    profile keeps account-specific values (bucket, Region, prefix) out of its files."""
+    if isinstance(value, dict):
+        return {k: expand_environment(v, (*path, k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_environment(v, (*path, i), problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match):
+        name, default = match.group(1), match.group(2)
+        if name in os.environ and os.environ[name] != "":
+            return os.environ[name]
+        if default is not None:
+            return default
+        if problems is not None:
+            problems.append(
+                f"config key {_key(path)}: environment variable {name} is not set; export it "
+                f"(e.g. export {name}=...) or give a default as ${{{name}:-value}}"
+            )
+        return match.group(0)
+
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
 def validate(config: dict) -> dict:
     """The configuration with defaults filled in; raises ConfigError listing every problem."""
     if not isinstance(config, dict):
         raise ConfigError("the configuration must be a mapping of keys")
-    config = copy.deepcopy(config)
+    problems: list[str] = []
+    config = expand_environment(copy.deepcopy(config), problems=problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
     if isinstance(config.get("modules"), dict):
         config["modules"] = {
             name: _derive_module_keys(name, module) for name, module in config["modules"].items()
