@@ -12,6 +12,18 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+
+
+# Rules that run on the controller whatever the executor: on AWS Batch only the module
+# rules become Batch jobs (the controller sees the file systems).
+localrules:
+    all,
+    plan,
+    synthesize,
+    stage_in,
+    summary,
+
+
 include: "rules/plan.smk"
 include: "rules/stage_in.smk"
 include: "rules/input.smk"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from confluence import contract
@@ -115,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_delegate("confluence.runner:cli"))
 
+    p = sub.add_parser(
+        "finish-chunk",
+        help="check, record and publish one chunk's outputs after its AWS Batch items job",
+    )
+    p.add_argument("spec", help="the controller's spec (JSON), a path under the mount root")
+    p.set_defaults(func=_delegate("confluence.batch.finish:cli"))
+
     p = sub.add_parser("summary", help="per-module table and validation figures from sentinels")
     p.add_argument("sentinels", nargs="+", help="sentinel files")
     p.add_argument("--efs", required=True, help="directory holding one folder per file system")
@@ -168,11 +176,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", metavar="FILE", help="write a JSON list of the files in place")
     p.set_defaults(func=_delegate("confluence.sync:cli"))
 
+    p = sub.add_parser(
+        "emulator",
+        help="a local AWS endpoint (moto) whose Batch jobs run as local processes",
+        description="Serve AWS on 127.0.0.1 with the configuration's queues, job definitions, "
+        "file systems and buckets; Batch jobs run as local processes (module images as "
+        "`confluence module NAME`, the project image as `confluence`). Prints "
+        "AWS_ENDPOINT_URL=... and runs until interrupted.",
+    )
+    p.add_argument(
+        "--configfile", action="append", help="config file(s), default config/config.yaml"
+    )
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
+    p.add_argument("--efs", help="directory of the file systems (default: config paths.efs)")
+    p.add_argument("--workdir", help="per-job mount roots and scratch (default: a temp folder)")
+    p.add_argument("--max-running", type=int, help="most jobs running at once (default: CPU count)")
+    p.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="IMAGE=COMMAND",
+        help="run jobs of IMAGE as COMMAND + the job's command (empty COMMAND: the job's "
+        "command alone); repeatable",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="emulator only: multiply job timeouts (and the 30 s kill grace) by F",
+    )
+    p.add_argument("--request-log", metavar="FILE", help="append every request as a JSON line")
+    p.add_argument(
+        "--exit-with-stdin", action="store_true", help="also exit when stdin reaches EOF"
+    )
+    p.set_defaults(func=_delegate("confluence.emulator.server:cli"))
+
     return parser
+
+
+#: Thread pools of the numerical libraries. One item's result must not depend on the cores
+#: its container or process pool happens to have (a BLAS with more threads sums in another
+#: order), and items already run side by side, one per array child or worker.
+SINGLE_THREADED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("module", "run-chunk") and "numpy" not in sys.modules:
+        os.environ.update(dict.fromkeys(SINGLE_THREADED, "1"))
     return args.func(args)
 
 

@@ -1,0 +1,144 @@
+"""Snakemake executor ``confluence-batch``: each chunk job is one AWS Batch array job.
+
+Selected by ``profiles/aws-batch`` (``executor: confluence-batch``). The work happens in
+``confluence.batch.controller``; this module binds it to Snakemake's executor interface.
+Rules without a module (plan, synthesize, stage_in, summary) run on the controller
+(``localrules`` in the Snakefile).
+"""
+
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snakemake_interface_common.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
+from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
+from snakemake_interface_executor_plugins.settings import (
+    CommonSettings,
+    ExecutorSettingsBase,
+)
+
+common_settings = CommonSettings(
+    non_local_exec=True,
+    # The controller sees the file systems (EFS mounted, or the emulator's folders) and
+    # writes every sentinel itself, so Snakemake's own view of the outputs stays local.
+    implies_no_shared_fs=False,
+    job_deploy_sources=False,
+    pass_default_storage_provider_args=False,
+    pass_default_resources_args=False,
+    pass_envvar_declarations_to_cmd=False,
+    auto_deploy_default_storage_provider=False,
+    init_seconds_before_status_checks=1,
+)
+
+
+@dataclass
+class ExecutorSettings(ExecutorSettingsBase):
+    ledger: str = field(
+        default="logs/batch/submissions.csv",
+        metadata={
+            "help": "CSV of every Batch job submitted or adopted (the legacy orchestrator's "
+            "stage,algorithm,job_name,job_id, then status, attempts, times)",
+        },
+    )
+
+
+class Executor(RemoteExecutor):
+    def __post_init__(self):
+        from confluence.batch.controller import BatchController
+
+        config = self.workflow.config
+        settings = self.workflow.executor_settings
+        self.ledger = Path(settings.ledger if settings else ExecutorSettings.ledger)
+        self.controller = BatchController(
+            config, Path(config["paths"]["efs"]), self.ledger, warn=self.logger.warning
+        )
+        self.next_seconds_between_status_checks = config["aws"]["poll_seconds"]
+        self._sigterm_set = False
+
+    def run_job(self, job):
+        self._interrupt_on_sigterm()
+        params = getattr(job, "params", None)
+        if job.is_group() or params is None or not hasattr(params, "module"):
+            raise WorkflowError(
+                f"rule {job.name} has no module to run on AWS Batch; list it in the "
+                "Snakefile's localrules"
+            )
+        info = SubmittedJobInfo(job)
+        try:
+            chunk = self.controller.start(
+                params.name,
+                params.unit,
+                json.loads(params.module),
+                Path(job.output.sentinel),
+                Path(params.state),
+                [Path(p) for p in job.input.get("upstream", [])],
+                Path(job.log[0]),
+            )
+        except Exception as err:  # one chunk's submission problem fails that job only
+            self.report_job_error(info, msg=f"{job.name} {params.unit}: cannot submit: {err}")
+            return
+        info.external_jobid = chunk.batch_id
+        info.aux = {"chunk": chunk}
+        self.report_job_submission(info)
+
+    async def check_active_jobs(self, active_jobs):
+        chunks = {id(info.aux["chunk"]): info for info in active_jobs}
+        try:
+            finished = self.controller.poll([info.aux["chunk"] for info in active_jobs])
+        except Exception as err:  # keep polling; a transient outage must not lose the jobs
+            self.logger.warning(f"AWS Batch status poll failed, trying again: {err}")
+            finished = []
+        done = set()
+        for chunk, problem in finished:
+            info = chunks[id(chunk)]
+            done.add(id(chunk))
+            if problem is None:
+                self._write_benchmark(info.job, chunk)
+                self.report_job_success(info)
+            else:
+                self.report_job_error(info, msg=problem)
+        for info in active_jobs:
+            if id(info.aux["chunk"]) not in done:
+                info.external_jobid = info.aux["chunk"].batch_id
+                yield info
+
+    @staticmethod
+    def _write_benchmark(job, chunk):
+        """The rule's benchmark file: the chunk's wall time on Batch, from submission to its
+        sentinel (Snakemake's record format; the per-process columns are NA)."""
+        if not getattr(job, "benchmark", None):
+            return
+        from snakemake.benchmark import BenchmarkRecord, write_benchmark_records
+
+        record = BenchmarkRecord(running_time=time.monotonic() - chunk.began)
+        Path(job.benchmark).parent.mkdir(parents=True, exist_ok=True)
+        write_benchmark_records([record], str(job.benchmark), False)
+
+    def cancel_jobs(self, active_jobs):
+        # Every job the controller has in flight, also those a status poll holds right now.
+        stopped = self.controller.cancel()
+        if stopped:
+            self.logger.info(f"terminated {len(stopped)} AWS Batch jobs in flight")
+
+    def _interrupt_on_sigterm(self):
+        """Snakemake answers SIGTERM by waiting for running jobs, which on Batch may take
+        hours and keeps paying for them; turn it into Ctrl-C, which cancels them."""
+        if self._sigterm_set or threading.current_thread() is not threading.main_thread():
+            return
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, interrupt)
+        self._sigterm_set = True
+
+    def shutdown(self):
+        super().shutdown()
+        # The calls this run made (polls, DescribeJobs per purpose), beside the ledger.
+        stats = self.ledger.with_name("controller-stats.json")
+        stats.parent.mkdir(parents=True, exist_ok=True)
+        stats.write_text(json.dumps(self.controller.stats, indent=1) + "\n")
