@@ -2,11 +2,17 @@
 import json
 from pathlib import Path
 
+from confluence.batch.mirror import pull_state
 from confluence.config import validate as validate_config
 from confluence.workflow import WORKLISTS, Workflow, plan_spec, sentinel, state
 
 # Stop before any job on a bad value, naming the key path and the allowed values.
 config.update(validate_config(config))
+
+# Sentinels and state a Batch controller mirrored (possibly from another machine) come
+# back before the DAG is built, so this run resumes where that one stopped.
+if config["storage"]["state"]:
+    pull_state(config["storage"]["state"])
 WF = Workflow(config)
 EFS = WF.efs
 INPUTS = config["storage"]["inputs"]

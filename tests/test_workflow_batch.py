@@ -91,7 +91,7 @@ def site(tmp_path_factory):
         {
             "paths": {"efs": str(efs)},
             "aws": {"prefix": "test-", "region": "us-west-2", "poll_seconds": 0.3},
-            "storage": {"publish": "s3://test-publish/sos"},
+            "storage": {"publish": "s3://test-publish/sos", "state": "s3://test-publish/state"},
         },
     )
     scripts = {}
@@ -272,6 +272,11 @@ def test_batch_run_fails_one_item_reruns_only_it_and_matches_the_local_run(site,
     sentinel = json.loads((batch_dir / "results" / "momma" / f"{first_chunk}.json").read_text())
     assert sentinel["executor"] == "aws-batch" and sentinel["all_ok"]
 
+    # A controller elsewhere (a fresh working directory, same file systems and mirror)
+    # finds every chunk done: only the local summary is left to make.
+    elsewhere = planned_jobs(run(site, tmp_path / "elsewhere", "-n").stdout)
+    assert set(elsewhere) <= {"summary", "all"}, elsewhere
+
     # The same science as the local profile, file by file.
     local_efs = write_yaml(tmp_path / "local-efs.yaml", {"paths": {"efs": "data/efs"}})
     subprocess.run(
@@ -380,3 +385,38 @@ def test_a_killed_controller_restarts_and_adopts_its_jobs(site, tmp_path):
     # The jobs in flight at the kill (array children listed as parent:index) were adopted.
     parents = {j["jobId"].split(":")[0] for j in in_flight}
     assert parents <= {r["job_id"] for r in ledger(tmp_path)}
+
+
+def test_a_job_stuck_in_runnable_is_reported_with_its_queue(site, tmp_path):
+    from confluence.batch.controller import BatchController, ChunkJob
+
+    emulator = site["emulator"]
+    batch, logs = emulator.client("batch"), emulator.client("logs")
+    config = load(site["configs"], base=False)
+    config["aws"]["runnable_warning_seconds"] = 1
+    batch.update_job_queue(jobQueue="test-output", state="DISABLED")
+    warnings = []
+    controller = BatchController(
+        config, tmp_path / "efs", tmp_path / "ledger.csv", (batch, logs), warnings.append
+    )
+    submitted = batch.submit_job(
+        jobName="stuck", jobQueue="test-output", jobDefinition="test-output"
+    )
+    job = ChunkJob(
+        "output", "eu", None, tmp_path / "s", tmp_path / "st", tmp_path / "log", "test-output"
+    )
+    job.batch_id, job.job_name = submitted["jobId"], "stuck"
+    try:
+        _wait_for(
+            lambda: batch.describe_jobs(jobs=[job.batch_id])["jobs"][0]["status"] == "RUNNABLE",
+            what="the job to wait in RUNNABLE",
+        )
+        assert controller.poll([job]) == []
+        time.sleep(1.2)
+        assert controller.poll([job]) == []
+    finally:
+        batch.terminate_job(jobId=job.batch_id, reason="test over")
+        batch.update_job_queue(jobQueue="test-output", state="ENABLED")
+    assert len(warnings) == 1
+    assert "RUNNABLE on queue test-output" in warnings[0] and "compute environment" in warnings[0]
+    assert warnings[0] in job.log.read_text()

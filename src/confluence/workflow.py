@@ -27,6 +27,15 @@ def state(module: str, unit: str) -> str:
     return f"state/{module}/{unit}.json"
 
 
+def publish_destination(config: dict) -> str | None:
+    """Where chunk outputs go: storage.publish/{run_type}/{run name}; None publishes nothing."""
+    publish = config["storage"]["publish"]
+    if not publish:
+        return None
+    run = config["run"]
+    return "/".join([publish.rstrip("/"), run["run_type"], run["name"]])
+
+
 def plan_spec(config: dict) -> dict:
     """The part of the configuration that decides the plan."""
     return {"run": config["run"], "domain": config["domain"]}
@@ -93,13 +102,9 @@ class Workflow:
 
     @property
     def publish_option(self) -> str:
-        """The runner's --publish option: storage.publish/{run_type}/{run name}, or nothing."""
-        publish = self.config["storage"]["publish"]
-        if not publish:
-            return ""
-        run = self.config["run"]
-        destination = "/".join([publish.rstrip("/"), run["run_type"], run["name"]])
-        return f" --publish {shlex.quote(destination)}"
+        """The runner's --publish option, or nothing."""
+        destination = publish_destination(self.config)
+        return f" --publish {shlex.quote(destination)}" if destination else ""
 
     def upstream(self, name: str, unit: str) -> list[str]:
         """Sentinels that module ``name`` needs for ``unit``: the DAG, chunk by chunk."""

@@ -29,6 +29,8 @@ from pathlib import Path
 from confluence import manifest, runner
 from confluence.batch import names
 from confluence.batch.ledger import Ledger
+from confluence.batch.mirror import push_state
+from confluence.workflow import publish_destination
 
 ACTIVE = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
 TERMINAL = ("SUCCEEDED", "FAILED")
@@ -285,7 +287,7 @@ class BatchController:
         spec = {
             "plan": job.plan.to_json(),
             "results": {str(k): v for k, v in job.results.items()},
-            "publish": self.config["storage"].get("publish") and self._publish_destination(),
+            "publish": publish_destination(self.config),
             "job_ids": sorted(job.concluded_ids) + job.item_job_ids,
             "result": result_rel,
         }
@@ -306,11 +308,6 @@ class BatchController:
                 },
             },
         )
-
-    def _publish_destination(self) -> str:
-        publish = self.config["storage"]["publish"]
-        run = self.config["run"]
-        return f"{publish.rstrip('/')}/{run['run_type']}/{run['name']}"
 
     # -- status -----------------------------------------------------------------------------
 
@@ -451,6 +448,8 @@ class BatchController:
         with open(job.log, "a") as log:
             runner.report(result, log)
             done = runner.conclude(result, job.sentinel, job.state, log)
+            if self.config["storage"]["state"]:
+                push_state(self.config["storage"]["state"], [job.state, job.sentinel], log)
         return None if done else f"{job.module} {job.unit} is not done; see {job.log}. "
 
     # -- interruption --------------------------------------------------------------------------
