@@ -420,3 +420,49 @@ def test_a_job_stuck_in_runnable_is_reported_with_its_queue(site, tmp_path):
     assert len(warnings) == 1
     assert "RUNNABLE on queue test-output" in warnings[0] and "compute environment" in warnings[0]
     assert warnings[0] in job.log.read_text()
+
+
+def test_preflight_reports_drift_and_the_run_stops_before_submitting(site, tmp_path):
+    emulator = site["emulator"]
+    batch = emulator.client("batch")
+    env = environment(site)
+    preflight = [sys.executable, "-m", "confluence.cli", "preflight"]
+    for path in site["configs"][1:]:
+        preflight += ["--configfile", str(path)]
+    clean = subprocess.run(preflight, env=env, capture_output=True, text=True, timeout=120)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "no drift" in clean.stdout
+
+    # Drift: a newer sad revision with other memory, and a disabled queue.
+    current = batch.describe_job_definitions(jobDefinitionName="test-sad", status="ACTIVE")
+    latest = max(current["jobDefinitions"], key=lambda d: d["revision"])
+    container = dict(latest["containerProperties"])
+    container["resourceRequirements"] = [
+        {"type": "VCPU", "value": "1"},
+        {"type": "MEMORY", "value": "4096"},
+    ]
+    drifted = batch.register_job_definition(
+        jobDefinitionName="test-sad",
+        type="container",
+        containerProperties=container,
+        platformCapabilities=latest.get("platformCapabilities", ["FARGATE"]),
+        retryStrategy=latest.get("retryStrategy", {"attempts": 1}),
+        timeout=latest.get("timeout", {"attemptDurationSeconds": 7200}),
+    )
+    batch.update_job_queue(jobQueue="test-moi", state="DISABLED")
+    try:
+        found = subprocess.run(preflight, env=env, capture_output=True, text=True, timeout=120)
+        assert found.returncode == 1
+        assert "DRIFT job definition test-sad:" in found.stdout
+        assert "memory 4096.0 MiB, configured 2048" in found.stdout
+        assert "DRIFT job queue test-moi: state DISABLED" in found.stdout
+        assert "aws batch update-job-queue --job-queue test-moi --state ENABLED" in found.stdout
+
+        emulator.clear_requests()
+        stopped = run(site, tmp_path / "run", check=False, run_name="drift")
+        assert stopped.returncode != 0
+        assert "DRIFT job queue test-moi" in stopped.stdout + stopped.stderr
+        assert count(emulator.requests(), "SubmitJob") == 0
+    finally:
+        batch.update_job_queue(jobQueue="test-moi", state="ENABLED")
+        batch.deregister_job_definition(jobDefinition=drifted["jobDefinitionArn"])

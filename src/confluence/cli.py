@@ -117,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_delegate("confluence.runner:cli"))
 
     p = sub.add_parser(
+        "preflight",
+        help="check the AWS account (queues, job definitions, roles, EFS, buckets) against "
+        "the configuration",
+    )
+    p.add_argument(
+        "--configfile", action="append", help="config file(s) merged over config/config.yaml"
+    )
+    p.set_defaults(func=_delegate("confluence.batch.preflight:cli"))
+
+    p = sub.add_parser(
         "finish-chunk",
         help="check, record and publish one chunk's outputs after its AWS Batch items job",
     )

@@ -44,6 +44,13 @@ class ExecutorSettings(ExecutorSettingsBase):
             "stage,algorithm,job_name,job_id, then status, attempts, times)",
         },
     )
+    skip_preflight: bool = field(
+        default=False,
+        metadata={
+            "help": "do not check the account against the configuration (confluence "
+            "preflight) before submitting",
+        },
+    )
 
 
 class Executor(RemoteExecutor):
@@ -53,11 +60,27 @@ class Executor(RemoteExecutor):
         config = self.workflow.config
         settings = self.workflow.executor_settings
         self.ledger = Path(settings.ledger if settings else ExecutorSettings.ledger)
+        if not (settings and settings.skip_preflight):
+            self._preflight(config)
         self.controller = BatchController(
             config, Path(config["paths"]["efs"]), self.ledger, warn=self.logger.warning
         )
         self.next_seconds_between_status_checks = config["aws"]["poll_seconds"]
         self._sigterm_set = False
+
+    def _preflight(self, config):
+        """Stop before the first submission when the account does not match the
+        configuration: a run would otherwise fail late, after paying for its first jobs."""
+        import io
+
+        from confluence.batch.preflight import preflight, report
+
+        checks, drifts = preflight(config)
+        text = io.StringIO()
+        report(checks, drifts, text)
+        if drifts:
+            raise WorkflowError(text.getvalue() + "(--confluence-batch-skip-preflight runs anyway)")
+        self.logger.info(text.getvalue().strip())
 
     def run_job(self, job):
         self._interrupt_on_sigterm()
