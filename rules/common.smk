@@ -8,12 +8,13 @@ from confluence.workflow import WORKLISTS, Workflow, plan_spec, sentinel, state
 
 # Stop before any job on a bad value, naming the key path and the allowed values.
 config.update(validate_config(config))
+WF = Workflow(config)
 
 # Sentinels and state a Batch controller mirrored (possibly from another machine) come
 # back before the DAG is built, so this run resumes where that one stopped.
-if config["storage"]["state"]:
-    pull_state(config["storage"]["state"])
-WF = Workflow(config)
+if WF.state_mirror:
+    pull_state(WF.state_mirror)
+
 EFS = WF.efs
 INPUTS = config["storage"]["inputs"]
 PLAN_SPEC = json.dumps(plan_spec(config), sort_keys=True, separators=(",", ":"))

@@ -84,6 +84,7 @@ def test_ledger_keeps_the_legacy_columns_first_and_survives_a_restart(tmp_path):
             "stoppedAt": 1_700_000_060_000,
         }
     )
+    ledger.flush()
     rows = list(csv.DictReader(open(path)))
     assert COLUMNS[:4] == ["stage", "algorithm", "job_name", "job_id"]
     assert rows[0]["status"] == "FAILED" and rows[0]["attempts"] == "2"

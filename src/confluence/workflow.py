@@ -27,13 +27,23 @@ def state(module: str, unit: str) -> str:
     return f"state/{module}/{unit}.json"
 
 
-def publish_destination(config: dict) -> str | None:
-    """Where chunk outputs go: storage.publish/{run_type}/{run name}; None publishes nothing."""
-    publish = config["storage"]["publish"]
-    if not publish:
+def _per_run(config: dict, key: str) -> str | None:
+    base = config["storage"][key]
+    if not base:
         return None
     run = config["run"]
-    return "/".join([publish.rstrip("/"), run["run_type"], run["name"]])
+    return "/".join([base.rstrip("/"), run["run_type"], run["name"]])
+
+
+def publish_destination(config: dict) -> str | None:
+    """Where chunk outputs go: storage.publish/{run_type}/{run name}; None publishes nothing."""
+    return _per_run(config, "publish")
+
+
+def state_mirror(config: dict) -> str | None:
+    """Where a Batch controller mirrors sentinels and state: storage.state/{run_type}/{run
+    name}, so runs of other names never see each other's; None mirrors nothing."""
+    return _per_run(config, "state")
 
 
 def plan_spec(config: dict) -> dict:
@@ -99,6 +109,10 @@ class Workflow:
             f"{inputs}/gage/{continent}_gauges.nc",
             f"{self.config['paths']['truth']}/{continent}_truth.nc",
         ]
+
+    @property
+    def state_mirror(self) -> str | None:
+        return state_mirror(self.config)
 
     @property
     def publish_option(self) -> str:

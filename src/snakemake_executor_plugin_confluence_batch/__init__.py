@@ -82,17 +82,35 @@ class Executor(RemoteExecutor):
             raise WorkflowError(text.getvalue() + "(--confluence-batch-skip-preflight runs anyway)")
         self.logger.info(text.getvalue().strip())
 
-    def run_job(self, job):
+    def run_jobs(self, jobs):
+        """Submit the ready jobs side by side (each is a round trip or two), then report
+        them one by one as Snakemake expects."""
+        jobs = list(jobs)
         self._interrupt_on_sigterm()
+        for job in jobs:
+            self.run_job_pre(job)
+        for job, start in zip(jobs, self.controller.pool.map(self._start, jobs), strict=True):
+            info = SubmittedJobInfo(job)
+            if isinstance(start, str):
+                self.report_job_error(info, msg=start)
+                continue
+            info.external_jobid = start.batch_id
+            info.aux = {"chunk": start}
+            self.report_job_submission(info)
+
+    def run_job(self, job):
+        self.run_jobs([job])
+
+    def _start(self, job):
+        """The started chunk job, or why it could not be submitted."""
         params = getattr(job, "params", None)
         if job.is_group() or params is None or not hasattr(params, "module"):
             raise WorkflowError(
                 f"rule {job.name} has no module to run on AWS Batch; list it in the "
                 "Snakefile's localrules"
             )
-        info = SubmittedJobInfo(job)
         try:
-            chunk = self.controller.start(
+            return self.controller.start(
                 params.name,
                 params.unit,
                 json.loads(params.module),
@@ -102,11 +120,7 @@ class Executor(RemoteExecutor):
                 Path(job.log[0]),
             )
         except Exception as err:  # one chunk's submission problem fails that job only
-            self.report_job_error(info, msg=f"{job.name} {params.unit}: cannot submit: {err}")
-            return
-        info.external_jobid = chunk.batch_id
-        info.aux = {"chunk": chunk}
-        self.report_job_submission(info)
+            return f"{job.name} {params.unit}: cannot submit: {err}. "
 
     async def check_active_jobs(self, active_jobs):
         chunks = {id(info.aux["chunk"]): info for info in active_jobs}
@@ -161,6 +175,8 @@ class Executor(RemoteExecutor):
 
     def shutdown(self):
         super().shutdown()
+        self.controller.pool.shutdown()
+        self.controller.ledger.flush()
         # The calls this run made (polls, DescribeJobs per purpose), beside the ledger.
         stats = self.ledger.with_name("controller-stats.json")
         stats.parent.mkdir(parents=True, exist_ok=True)

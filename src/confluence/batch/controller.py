@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,11 +32,12 @@ from confluence import manifest, runner
 from confluence.batch import names
 from confluence.batch.ledger import Ledger
 from confluence.batch.mirror import push_state
-from confluence.workflow import publish_destination
+from confluence.workflow import publish_destination, state_mirror
 
 ACTIVE = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
 TERMINAL = ("SUCCEEDED", "FAILED")
 DESCRIBE_LIMIT = 100  # DescribeJobs takes at most 100 job IDs
+PARALLEL_CALLS = 8
 LOG_TAIL_LINES = 30
 
 
@@ -111,6 +114,12 @@ class BatchController:
         self.warn = warn
         #: Every chunk job started and not yet finished, for cancel().
         self.inflight: dict[int, ChunkJob] = {}
+        self._lock = threading.Lock()
+        self.cancelled = False
+        self._listed: dict[str, dict[str, list[dict]]] = {}
+        # Submissions and finishing run side by side: each is a round trip or two, and a
+        # poll may end hundreds of jobs at once (SubmitJob allows about 50 calls a second).
+        self.pool = ThreadPoolExecutor(PARALLEL_CALLS, thread_name_prefix="confluence-batch")
         #: Calls this controller made, for the run's summary and the tests.
         self.stats = {"polls": 0, "status_calls": 0, "child_calls": 0, "max_active": 0}
 
@@ -156,7 +165,8 @@ class BatchController:
             f"{module} {unit}: {len(plan.items)} items, {len(plan.reusable)} kept from the "
             f"previous attempt, {len(todo)} to run on AWS Batch queue {job.queue}"
         )
-        self.inflight[id(job)] = job
+        with self._lock:
+            self.inflight[id(job)] = job
         if todo:
             self._submit_items(job, todo)
         else:
@@ -176,20 +186,35 @@ class BatchController:
         tags.update(self.aws.get("tags", {}))
         return tags
 
+    def _left_behind(self, queue: str) -> dict[str, list[dict]]:
+        """Job name -> summaries of this run's jobs on the queue when this controller first
+        submitted to it: what an earlier controller may have left. One paged listing per
+        queue instead of one per submission."""
+        with self._lock:
+            if queue not in self._listed:
+                found: dict[str, list[dict]] = {}
+                pages = self.batch.get_paginator("list_jobs").paginate(
+                    jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [f"{self.run}_*"]}]
+                )
+                for page in pages:
+                    for summary in page["jobSummaryList"]:
+                        if ":" not in summary["jobId"]:  # not an array child
+                            found.setdefault(summary["jobName"], []).append(summary)
+                self.stats["list_calls"] = self.stats.get("list_calls", 0) + 1
+                self._listed[queue] = found
+            return self._listed[queue]
+
     def _adopt(self, job: ChunkJob, name: str, kind: str) -> dict | None:
         """A job of this name and inputs that a killed controller left behind: still in
         flight, or (items jobs) ended but not yet recorded; None if there is none."""
-        listed = self.batch.list_jobs(
-            jobQueue=job.queue, filters=[{"name": "JOB_NAME", "values": [name]}]
-        )["jobSummaryList"]
+        listed = self._left_behind(job.queue).get(name, [])
         # An ended job counts only if this workdir's ledger saw it submitted and never saw
         # it end: otherwise it may belong to a run whose outputs are gone.
-        unrecorded = {row["job_id"] for row in self.ledger.rows if row["status"] not in TERMINAL}
+        unrecorded = self.ledger.unfinished()
         candidates = [
             s["jobId"]
             for s in listed
-            if ":" not in s["jobId"]  # not an array child
-            and s["jobId"] not in job.concluded_ids
+            if s["jobId"] not in job.concluded_ids
             and (s.get("status") in ACTIVE or (kind == "items" and s["jobId"] in unrecorded))
         ]
         if not candidates:
@@ -201,7 +226,7 @@ class BatchController:
         return None
 
     def _record(self, job: ChunkJob, kind: str, size: int) -> None:
-        if any(row["job_id"] == job.batch_id for row in self.ledger.rows):
+        if self.ledger.has(job.batch_id):
             return
         self.ledger.add(
             stage=job.plan.module.get("stage", job.module),
@@ -226,6 +251,8 @@ class BatchController:
                 "left by an earlier controller; not submitting it again"
             )
             return
+        if self.cancelled:
+            raise RuntimeError("the controller was interrupted; nothing more is submitted")
         answer = self.batch.submit_job(
             jobName=job.job_name,
             jobQueue=job.queue,
@@ -316,7 +343,8 @@ class BatchController:
         for start in range(0, len(ids), DESCRIBE_LIMIT):
             answer = self.batch.describe_jobs(jobs=ids[start : start + DESCRIBE_LIMIT])
             found.update({d["jobId"]: d for d in answer["jobs"]})
-            self.stats[purpose] = self.stats.get(purpose, 0) + 1
+            with self._lock:
+                self.stats[purpose] = self.stats.get(purpose, 0) + 1
         return found
 
     def poll(self, jobs: list[ChunkJob]) -> list[tuple[ChunkJob, str | None]]:
@@ -325,25 +353,34 @@ class BatchController:
         self.stats["polls"] += 1
         self.stats["max_active"] = max(self.stats["max_active"], len(active))
         described = self._describe(active, "status_calls")
-        finished = []
+        finished, ended = [], []
         now = time.monotonic()
         for job in jobs:
             desc = described.get(job.batch_id)
             if desc is None:
                 finished.append((job, f"AWS Batch does not know job {job.batch_id}"))
-                continue
-            status = desc["status"]
-            if status not in TERMINAL:
-                self._watch_runnable(job, status, now)
-                continue
-            self.ledger.finish(desc)
-            if job.phase == "items":
-                self._items_done(job, desc)
-                self._submit_publish(job)
-                continue
-            finished.append((job, self._publish_done(job, desc)))
-            self.inflight.pop(id(job), None)
+            elif desc["status"] in TERMINAL:
+                ended.append((job, desc))
+            else:
+                self._watch_runnable(job, desc["status"], now)
+        for job, outcome in self.pool.map(lambda pair: self._advance(*pair), ended):
+            if outcome is not None:
+                finished.append((job, outcome[0]))
+        self.ledger.flush()
         return finished
+
+    def _advance(self, job: ChunkJob, desc: dict) -> tuple[ChunkJob, tuple | None]:
+        """An ended Batch job: submit the chunk's publication, or conclude the chunk
+        (returns (job, (problem,)) then)."""
+        self.ledger.finish(desc)
+        if job.phase == "items":
+            self._items_done(job, desc)
+            self._submit_publish(job)
+            return job, None
+        problem = self._publish_done(job, desc)
+        with self._lock:
+            self.inflight.pop(id(job), None)
+        return job, (problem,)
 
     def _watch_runnable(self, job: ChunkJob, status: str, now: float) -> None:
         if status != "RUNNABLE":
@@ -448,8 +485,8 @@ class BatchController:
         with open(job.log, "a") as log:
             runner.report(result, log)
             done = runner.conclude(result, job.sentinel, job.state, log)
-            if self.config["storage"]["state"]:
-                push_state(self.config["storage"]["state"], [job.state, job.sentinel], log)
+            if state_mirror(self.config):
+                push_state(state_mirror(self.config), [job.state, job.sentinel], log)
         return None if done else f"{job.module} {job.unit} is not done; see {job.log}. "
 
     # -- interruption --------------------------------------------------------------------------
@@ -457,6 +494,9 @@ class BatchController:
     def cancel(self, reason: str = "Snakemake controller interrupted") -> list[str]:
         """Terminate every job in flight (queued ones are cancelled, running ones stopped,
         array children with their parent); returns their IDs."""
+        self.cancelled = True
+        # Submissions under way finish first, so none slips out after the terminations.
+        self.pool.shutdown(wait=True, cancel_futures=True)
         stopped = []
         for job in list(self.inflight.values()):
             if job.batch_id:
@@ -464,4 +504,5 @@ class BatchController:
                 self.ledger.update(job.batch_id, status="TERMINATED")
                 stopped.append(job.batch_id)
             self.inflight.pop(id(job), None)
+        self.ledger.flush()
         return stopped
