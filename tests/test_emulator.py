@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from confluence import config as config_module
 from confluence.batch import names
 from confluence.emulator import account, batch
+from confluence.infra import template as infra
 
 SHELL_IMAGE = "test-shell:latest"
 TIME_SCALE = 0.02
@@ -84,6 +85,45 @@ def log_messages(setup, stream: str) -> list[str]:
     return [e["message"] for e in events]
 
 
+def file_system_ids(efs) -> dict[str, str]:
+    """Configuration name -> EFS ID (the template tags each file system with its name)."""
+    return {
+        tag["Value"]: fs["FileSystemId"]
+        for fs in efs.describe_file_systems()["FileSystems"]
+        for tag in fs["Tags"]
+        if tag["Key"] == "confluence:filesystem"
+    }
+
+
+def efs_volumes_by_root_directory(
+    mounts: list[dict], file_systems: dict[str, str]
+) -> tuple[list, list]:
+    """Batch ``volumes`` and ``mountPoints`` (API spelling) for confluence mounts
+    ({filesystem, subpath, path}) without access points: each folder is the volume's
+    ``rootDirectory``. For job definitions registered beside the template's (tests)."""
+    volumes, points, seen = [], [], {}
+    for mount in mounts:
+        filesystem, subpath = mount["filesystem"], mount.get("subpath", "")
+        key = (filesystem, subpath)
+        if key not in seen:
+            taken = {k[0] for k in seen}
+            seen[key] = filesystem if filesystem not in taken else f"{filesystem}-{len(seen)}"
+            volumes.append(
+                {
+                    "name": seen[key],
+                    "efsVolumeConfiguration": {
+                        "fileSystemId": file_systems[filesystem],
+                        "rootDirectory": "/" + subpath.strip("/"),
+                        "transitEncryption": "ENABLED",
+                    },
+                }
+            )
+        points.append(
+            {"sourceVolume": seen[key], "containerPath": mount["path"], "readOnly": False}
+        )
+    return volumes, points
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie waiting for a reaper counts as gone)."""
     try:
@@ -103,7 +143,7 @@ def test_moto_internals_the_patch_relies_on_are_there():
 def test_evaluate_on_exit_follows_aws_rules():
     spot = batch._Outcome(exit_code=None, status_reason="Host EC2 (instance i-1) terminated.")
     app = batch._Outcome(exit_code=1)
-    conditions = {"evaluateOnExit": account.EVALUATE_ON_EXIT}
+    conditions = {"evaluateOnExit": infra.EVALUATE_ON_EXIT}
     assert batch.should_retry(conditions, spot)
     assert not batch.should_retry(conditions, app)
     # No condition matching means retry; the first match decides.
@@ -127,7 +167,7 @@ def test_account_has_the_configured_queues_and_job_definitions(setup):
         for e in client.describe_compute_environments()["computeEnvironments"]
     }
     for queue in names.queues(config):
-        environment = environments[account.compute_environment_name(queue)]
+        environment = environments[infra.compute_environment_name(queue)]
         assert environment["computeResources"]["type"] == "FARGATE"
         order = queues[queue]["computeEnvironmentOrder"]
         assert order[0]["computeEnvironment"] == environment["computeEnvironmentArn"]
@@ -140,10 +180,8 @@ def test_account_has_the_configured_queues_and_job_definitions(setup):
         assert names.job_definition(config, module) in definitions
     assert names.publish_job_definition(config) in definitions
 
-    file_systems = {
-        fs["Name"]: fs["FileSystemId"]
-        for fs in setup["emulator"].client("efs").describe_file_systems()["FileSystems"]
-    }
+    efs = setup["emulator"].client("efs")
+    file_systems = file_system_ids(efs)
     assert set(config["filesystems"]) <= set(file_systems)
     geobam = definitions[names.job_definition(config, "geobam")]
     properties = geobam["containerProperties"]
@@ -154,11 +192,15 @@ def test_account_has_the_configured_queues_and_job_definitions(setup):
         "MEMORY": "8192",
     }
     volumes = {v["name"]: v["efsVolumeConfiguration"] for v in properties["volumes"]}
+    # The folder is the root of an access point, mounted with IAM authorization.
+    point = volumes["flpe"]["authorizationConfig"]["accessPointId"]
     assert volumes["flpe"] == {
         "fileSystemId": file_systems["flpe"],
-        "rootDirectory": "/geobam",
         "transitEncryption": "ENABLED",
+        "authorizationConfig": {"accessPointId": point, "iam": "ENABLED"},
     }
+    described = efs.describe_access_points(AccessPointId=point)["AccessPoints"][0]
+    assert described["RootDirectory"]["Path"] == "/geobam"
     assert {"sourceVolume": "flpe", "containerPath": "/mnt/data/output", "readOnly": False} in (
         properties["mountPoints"]
     )
@@ -275,15 +317,12 @@ def test_max_running_limits_concurrent_processes(setup):
 
 def test_efs_volumes_map_to_local_directories(setup):
     client, efs = setup["batch"], setup["efs"]
-    file_systems = {
-        fs["Name"]: fs["FileSystemId"]
-        for fs in setup["emulator"].client("efs").describe_file_systems()["FileSystems"]
-    }
+    file_systems = file_system_ids(setup["emulator"].client("efs"))
     mounts = [
         {"filesystem": "input", "subpath": "", "path": "/mnt/data/input"},
         {"filesystem": "flpe", "subpath": "emulated", "path": "/mnt/data/output"},
     ]
-    volumes, points = account.efs_volumes(mounts, file_systems)
+    volumes, points = efs_volumes_by_root_directory(mounts, file_systems)
     client.register_job_definition(
         jobDefinitionName="test-efs",
         type="container",

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from confluence.batch import names
+from confluence.infra import template
 
 FIX_DEPLOY = (
     "render and deploy the configuration's resources: confluence infra template -o "
@@ -161,7 +162,7 @@ class Checker:
             where = f"job definition {definition['jobDefinitionName']}:{definition['revision']}"
             fix = f"register a new revision with the configured values: {FIX_DEPLOY}"
             container = definition.get("containerProperties", {})
-            image = names.image(self.config, spec["image"])
+            image = template.module_image(self.config, module)
             if container.get("image") != image:
                 self.drift(where, f"image {container.get('image')}, configured {image}", fix)
             vcpu, memory = _requirement(container, "VCPU"), _requirement(container, "MEMORY")

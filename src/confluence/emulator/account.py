@@ -1,185 +1,55 @@
-"""The emulated AWS account of a configuration: network, roles, file systems, Batch resources.
+"""The emulated AWS account of a configuration: the network, then the infrastructure template.
 
-:func:`prepare_account` creates, through the AWS API of an emulator endpoint, everything a
-Batch run of the configuration needs: a VPC, subnet and security group; the Batch service,
-task execution and job roles; one EFS file system per ``filesystems`` entry (creation token
-and tag Name = the file system name); one Fargate compute environment and one job queue per
-queue the modules use; one job definition per module and the project's publish job
-definition; the S3 buckets of ``storage`` that are s3:// URLs; the CloudWatch log group.
+:func:`prepare_account` creates, through the AWS API of an emulator endpoint, only what the
+infrastructure template takes as parameters: a VPC, one subnet per Availability Zone the
+template expects and a security group (tag Name ``<prefix>confluence``). Everything else
+comes from deploying the rendered template (confluence.infra.template) as the stack
+:func:`~confluence.infra.template.stack_name`: roles, EFS file systems with their mount
+targets and access points, compute environments, queues, job definitions, buckets and the
+log group are the stack's resources, as they would be on AWS. moto's CloudFormation leaves
+out a few properties (job definition timeouts among them); confluence.emulator.cloudformation
+puts them back in the emulator's process.
 
-It is idempotent: what exists is reused (a job definition gets a new revision only when its
-specification changed), so it can run again against a live emulator. It only ever talks to
-the endpoint it is given, with fake credentials, so it cannot touch a real account.
+It is idempotent: the network is found again by its tags, and a stack with the same template
+and parameters is left alone. A stack with another template is an error (moto cannot update
+Batch resources in place; restart the emulator). It only ever talks to the endpoint it is
+given, with fake credentials, so it cannot touch a real account.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from urllib.parse import urlsplit
+import ast
+import time
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from confluence.batch import names
+from confluence.infra import template as infra
+from confluence.infra.template import buckets
 
 NAME = "confluence"
-#: Retry Spot reclaims (EC2 and Fargate wordings), exit on anything else (an application
-#: error would only fail again). AWS evaluates the conditions in order.
-EVALUATE_ON_EXIT = [
-    {"onStatusReason": "Host EC2*", "action": "RETRY"},
-    {"onStatusReason": "Your Spot Task was interrupted*", "action": "RETRY"},
-    {"onReason": "*", "action": "EXIT"},
-]
-PUBLISH_VCPU, PUBLISH_MEMORY_MIB = 1, 2048
-#: Publication copies a chunk's files to S3; it is idempotent, so Spot reclaims may retry it.
-PUBLISH_ATTEMPTS, PUBLISH_TIMEOUT_SECONDS = 3, 3600
-COMPUTE_MAX_VCPUS = 1000
-SPEC_TAG = "confluence:spec"
-_ARN_PREFIX = "arn:"
+SUBNET_COUNT = infra.DEFAULT_SUBNET_COUNT
+STACK_TIMEOUT_SECONDS = 120
+_DONE = ("CREATE_COMPLETE", "UPDATE_COMPLETE")
 
 
-def _is_reference(name: str) -> bool:
-    """A queue or job definition given as an ARN or name:revision exists already."""
-    return name.startswith(_ARN_PREFIX) or ":" in name
+def _parameter_value(value: str) -> str:
+    """A stack parameter as given; moto describes a list parameter as a Python list."""
+    if value.startswith("["):
+        try:
+            return ",".join(ast.literal_eval(value))
+        except (ValueError, SyntaxError, TypeError):
+            pass
+    return value
 
 
-def compute_environment_name(queue: str) -> str:
-    """The compute environment behind a queue (names need 3+ characters ending in a letter
-    or digit)."""
-    return f"{queue}-ce"
-
-
-def _vcpu(value) -> str:
-    return f"{float(value):g}"
-
-
-def _tags_list(tags: dict[str, str]) -> list[dict[str, str]]:
-    return [{"Key": k, "Value": v} for k, v in tags.items()]
-
-
-def efs_volumes(mounts: list[dict], file_systems: dict[str, str]) -> tuple[list, list]:
-    """Batch ``volumes`` and ``mountPoints`` for confluence mounts
-    ({filesystem, subpath, path}); ``file_systems`` maps names to EFS IDs."""
-    volumes, points, seen = [], [], {}
-    for mount in mounts:
-        filesystem, subpath = mount["filesystem"], mount.get("subpath", "")
-        key = (filesystem, subpath)
-        if key not in seen:
-            # One volume per (file system, folder): the folder is the volume's root.
-            name = (
-                filesystem
-                if filesystem not in {k[0] for k in seen}
-                else f"{filesystem}-{len(seen)}"
-            )
-            seen[key] = name
-            volumes.append(
-                {
-                    "name": name,
-                    "efsVolumeConfiguration": {
-                        "fileSystemId": file_systems[filesystem],
-                        "rootDirectory": "/" + subpath.strip("/"),
-                        "transitEncryption": "ENABLED",
-                    },
-                }
-            )
-        points.append(
-            {"sourceVolume": seen[key], "containerPath": mount["path"], "readOnly": False}
-        )
-    return volumes, points
-
-
-def _container_properties(
-    config: dict, image: str, vcpu, memory_mib: int, command: list[str], mounts, ids: dict
-) -> dict:
-    volumes, points = efs_volumes(mounts, ids["file_systems"])
-    region = config["aws"]["region"]
-    return {
-        "image": image,
-        "command": list(command),
-        "resourceRequirements": [
-            {"type": "VCPU", "value": _vcpu(vcpu)},
-            {"type": "MEMORY", "value": str(int(memory_mib))},
-        ],
-        "executionRoleArn": ids["roles"]["execution"],
-        "jobRoleArn": ids["roles"]["job"],
-        "volumes": volumes,
-        "mountPoints": points,
-        "environment": [],
-        "networkConfiguration": {"assignPublicIp": "DISABLED"},
-        "fargatePlatformConfiguration": {"platformVersion": "LATEST"},
-        "logConfiguration": {
-            "logDriver": "awslogs",
-            "options": {"awslogs-group": config["aws"]["log_group"], "awslogs-region": region},
-        },
-    }
-
-
-def module_job_definition(config: dict, module: str, ids: dict) -> dict:
-    """RegisterJobDefinition arguments of one module (``ids``: file_systems, roles)."""
-    spec = config["modules"][module]
-    return {
-        "jobDefinitionName": names.job_definition(config, module),
-        "type": "container",
-        "platformCapabilities": ["FARGATE"],
-        "containerProperties": _container_properties(
-            config,
-            names.image(config, spec["image"]),
-            spec["vcpu"],
-            spec["memory_mib"],
-            spec["arguments"],
-            spec["mounts"],
-            ids,
-        ),
-        "retryStrategy": {"attempts": int(spec["retries"]), "evaluateOnExit": EVALUATE_ON_EXIT},
-        "timeout": {"attemptDurationSeconds": int(spec["timeout_seconds"])},
-        "propagateTags": True,
-        "tags": {"confluence:module": module},
-    }
-
-
-def publish_job_definition(config: dict, ids: dict) -> dict:
-    """RegisterJobDefinition arguments of the project image's publish job: every file system
-    at /mnt/data/<name>."""
-    mounts = [
-        {"filesystem": fs, "subpath": "", "path": f"{names.MOUNT_ROOT}/{fs}"}
-        for fs in config["filesystems"]
-    ]
-    return {
-        "jobDefinitionName": names.publish_job_definition(config),
-        "type": "container",
-        "platformCapabilities": ["FARGATE"],
-        "containerProperties": _container_properties(
-            config,
-            names.project_image(config),
-            PUBLISH_VCPU,
-            PUBLISH_MEMORY_MIB,
-            [],
-            mounts,
-            ids,
-        ),
-        "retryStrategy": {"attempts": PUBLISH_ATTEMPTS, "evaluateOnExit": EVALUATE_ON_EXIT},
-        "timeout": {"attemptDurationSeconds": PUBLISH_TIMEOUT_SECONDS},
-        "propagateTags": True,
-        "tags": {"confluence:module": names.PUBLISH},
-    }
-
-
-def _spec_digest(arguments: dict) -> str:
-    spec = {k: v for k, v in arguments.items() if k != "tags"}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def buckets(config: dict) -> list[str]:
-    """Buckets named by storage.inputs and storage.publish when they are s3:// URLs."""
-    found = []
-    for url in (config["storage"].get("inputs"), config["storage"].get("publish")):
-        if url and url.startswith("s3://"):
-            bucket = urlsplit(url).netloc
-            if bucket and bucket not in found:
-                found.append(bucket)
-    return found
+def _tag(properties: dict, key: str, field: str = "Tags"):
+    """A tag's value in a template resource (Tags as a map or as a Key/Value list)."""
+    tags = properties.get(field) or {}
+    if isinstance(tags, dict):
+        return tags.get(key)
+    return next((t["Value"] for t in tags if t["Key"] == key), None)
 
 
 class _Account:
@@ -201,7 +71,8 @@ class _Account:
     def tag(self) -> list[dict]:
         return [{"Key": "Name", "Value": f"{self.prefix}{NAME}"}]
 
-    def network(self) -> dict:
+    def network(self, subnet_count: int = SUBNET_COUNT) -> dict:
+        """The template's parameters: a VPC, one subnet per zone, a security group."""
         ec2 = self.client("ec2")
         name = f"{self.prefix}{NAME}"
         found = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [name]}])["Vpcs"]
@@ -213,14 +84,19 @@ class _Account:
                 TagSpecifications=[{"ResourceType": "vpc", "Tags": self.tag()}],
             )["Vpc"]["VpcId"]
         subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]
-        if subnets:
-            subnet = subnets[0]["SubnetId"]
-        else:
-            subnet = ec2.create_subnet(
-                VpcId=vpc,
-                CidrBlock="10.0.0.0/20",
-                TagSpecifications=[{"ResourceType": "subnet", "Tags": self.tag()}],
-            )["Subnet"]["SubnetId"]
+        by_zone = {s["AvailabilityZone"]: s["SubnetId"] for s in subnets}
+        zones = sorted(
+            z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]
+        )[:subnet_count]
+        for index, zone in enumerate(zones):
+            # EFS allows one mount target per zone, so every subnet gets its own zone.
+            if zone not in by_zone:
+                by_zone[zone] = ec2.create_subnet(
+                    VpcId=vpc,
+                    CidrBlock=f"10.0.{16 * index}.0/20",
+                    AvailabilityZone=zone,
+                    TagSpecifications=[{"ResourceType": "subnet", "Tags": self.tag()}],
+                )["Subnet"]["SubnetId"]
         group_name = f"{name}-batch"
         groups = ec2.describe_security_groups(
             Filters=[
@@ -236,212 +112,138 @@ class _Account:
                 Description="Confluence Batch jobs (EFS NFS inside the group, HTTPS out)",
                 VpcId=vpc,
             )["GroupId"]
-        return {"vpc": vpc, "subnets": [subnet], "security_groups": [group]}
-
-    def roles(self) -> dict:
-        iam = self.client("iam")
-        s3 = [f"arn:aws:s3:::{b}" for b in buckets(self.config)]
-        wanted = {
-            "service": (
-                "batch.amazonaws.com",
-                "arn:aws:iam::aws:policy/service-role/AWSBatchServiceRole",
-                None,
-            ),
-            "execution": (
-                "ecs-tasks.amazonaws.com",
-                "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy",
-                None,
-            ),
-            # The jobs themselves: the run's buckets only.
-            "job": (
-                "ecs-tasks.amazonaws.com",
-                None,
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Action": ["s3:GetObject", "s3:PutObject", "s3:ListBucket"],
-                            "Resource": [r for b in s3 for r in (b, b + "/*")] or ["*"],
-                        }
-                    ],
-                },
-            ),
+        return {
+            "vpc": vpc,
+            "subnets": [by_zone[z] for z in zones],
+            "security_groups": [group],
         }
-        arns = {}
-        for kind, (principal, managed, inline) in wanted.items():
-            name = f"{self.prefix}{NAME}-batch-{kind}"
-            try:
-                arns[kind] = iam.get_role(RoleName=name)["Role"]["Arn"]
-                continue
-            except ClientError as err:
-                if err.response["Error"]["Code"] != "NoSuchEntity":
-                    raise
-            trust = {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {"Service": principal},
-                        "Action": "sts:AssumeRole",
-                    }
-                ],
+
+    def deploy(self, body: str, parameters: dict[str, str]) -> dict:
+        """Create the stack (or find it unchanged); returns its description."""
+        cloudformation = self.client("cloudformation")
+        name = infra.stack_name(self.config)
+        wanted = [{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()]
+        try:
+            stack = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
+        except ClientError as err:
+            if "does not exist" not in str(err):
+                raise
+            stack = None
+        if stack is not None and stack["StackStatus"] in _DONE:
+            deployed = cloudformation.get_template(StackName=name)["TemplateBody"]
+            given = {
+                p["ParameterKey"]: _parameter_value(p["ParameterValue"])
+                for p in stack.get("Parameters", [])
             }
-            arns[kind] = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))[
-                "Role"
-            ]["Arn"]
-            if managed:
-                try:
-                    iam.attach_role_policy(RoleName=name, PolicyArn=managed)
-                except ClientError as err:
-                    # moto knows AWS-managed policies only with MOTO_IAM_LOAD_MANAGED_POLICIES
-                    # (slow to load); nothing in the emulator checks permissions anyway.
-                    if err.response["Error"]["Code"] != "NoSuchEntity":
-                        raise
-            if inline:
-                iam.put_role_policy(
-                    RoleName=name, PolicyName=f"{name}-access", PolicyDocument=json.dumps(inline)
+            if deployed == body and all(given.get(k) == v for k, v in parameters.items()):
+                return stack
+            raise RuntimeError(
+                f"the emulator's stack {name} was deployed from another template or "
+                "parameters; moto cannot update its Batch resources in place: restart the "
+                "emulator with the new configuration"
+            )
+        if stack is not None:
+            raise RuntimeError(
+                f"the emulator's stack {name} is {stack['StackStatus']}: "
+                f"{stack.get('StackStatusReason', '')}; restart the emulator"
+            )
+        try:
+            cloudformation.create_stack(
+                StackName=name,
+                TemplateBody=body,
+                Parameters=wanted,
+                Capabilities=["CAPABILITY_IAM"],
+                Tags=[{"Key": "confluence:stack", "Value": name}],
+            )
+        except ClientError as err:
+            raise RuntimeError(f"the emulator could not deploy the template: {err}") from err
+        deadline = time.monotonic() + STACK_TIMEOUT_SECONDS
+        while True:
+            stack = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
+            if stack["StackStatus"] in _DONE:
+                return stack
+            if not stack["StackStatus"].endswith("_IN_PROGRESS"):
+                raise RuntimeError(
+                    f"stack {name}: {stack['StackStatus']} {stack.get('StackStatusReason', '')}"
                 )
-        return arns
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"stack {name} still {stack['StackStatus']}")
+            time.sleep(0.2)
 
-    def file_systems(self, network: dict) -> dict[str, str]:
-        efs = self.client("efs")
-        ids = {}
-        for name in self.config["filesystems"]:
-            found = efs.describe_file_systems(CreationToken=name)["FileSystems"]
-            if found:
-                ids[name] = found[0]["FileSystemId"]
-            else:
-                ids[name] = efs.create_file_system(
-                    CreationToken=name,
-                    PerformanceMode="generalPurpose",
-                    # Bursting throughput collapses under many parallel jobs.
-                    ThroughputMode="elastic",
-                    Encrypted=True,
-                    Tags=[{"Key": "Name", "Value": name}],
-                )["FileSystemId"]
-            targets = efs.describe_mount_targets(FileSystemId=ids[name])["MountTargets"]
-            if not targets:
-                efs.create_mount_target(
-                    FileSystemId=ids[name],
-                    SubnetId=network["subnets"][0],
-                    SecurityGroups=network["security_groups"],
-                )
-        return ids
-
-    def queues(self, network: dict, roles: dict) -> tuple[dict, dict]:
-        batch = self.client("batch")
-        environments, queues = {}, {}
-        for queue in names.queues(self.config):
-            if queue.startswith(_ARN_PREFIX):
-                continue
-            environment = compute_environment_name(queue)
-            found = batch.describe_compute_environments(computeEnvironments=[environment])[
-                "computeEnvironments"
-            ]
-            if found:
-                environments[queue] = found[0]["computeEnvironmentArn"]
-            else:
-                environments[queue] = batch.create_compute_environment(
-                    computeEnvironmentName=environment,
-                    type="MANAGED",
-                    state="ENABLED",
-                    computeResources={
-                        "type": "FARGATE",
-                        "maxvCpus": COMPUTE_MAX_VCPUS,
-                        "subnets": network["subnets"],
-                        "securityGroupIds": network["security_groups"],
-                    },
-                    serviceRole=roles["service"],
-                )["computeEnvironmentArn"]
-            found = batch.describe_job_queues(jobQueues=[queue])["jobQueues"]
-            if found:
-                queues[queue] = found[0]["jobQueueArn"]
-            else:
-                queues[queue] = batch.create_job_queue(
-                    jobQueueName=queue,
-                    state="ENABLED",
-                    priority=1,
-                    computeEnvironmentOrder=[
-                        {"order": 1, "computeEnvironment": environments[queue]}
-                    ],
-                )["jobQueueArn"]
-        return environments, queues
-
-    def job_definitions(self, ids: dict) -> dict[str, str]:
-        batch = self.client("batch")
-        wanted = {
-            module: module_job_definition(self.config, module, ids)
-            for module in self.config["modules"]
-            if not _is_reference(names.job_definition(self.config, module))
+    def resources(self, stack: dict, template: dict) -> dict:
+        """What the stack made, keyed the way the configuration names it (read back from
+        the template's tags and references)."""
+        cloudformation = self.client("cloudformation")
+        physical = {}
+        paginator = cloudformation.get_paginator("list_stack_resources")
+        for page in paginator.paginate(StackName=stack["StackName"]):
+            for summary in page["StackResourceSummaries"]:
+                physical[summary["LogicalResourceId"]] = summary.get("PhysicalResourceId", "")
+        iam = self.client("iam")
+        found: dict = {
+            "roles": {"jobs": {}},
+            "file_systems": {},
+            "access_points": {},
+            "compute_environments": {},
+            "job_queues": {},
+            "job_definitions": {},
         }
-        wanted[names.PUBLISH] = publish_job_definition(self.config, ids)
-        arns = {}
-        for key, arguments in wanted.items():
-            digest = _spec_digest(arguments)
-            name = arguments["jobDefinitionName"]
-            active = batch.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")[
-                "jobDefinitions"
-            ]
-            latest = max(active, key=lambda d: d["revision"], default=None)
-            if latest is not None and (latest.get("tags") or {}).get(SPEC_TAG) == digest:
-                arns[key] = latest["jobDefinitionArn"]
-                continue
-            arguments = {**arguments, "tags": {**arguments["tags"], SPEC_TAG: digest}}
-            arns[key] = batch.register_job_definition(**arguments)["jobDefinitionArn"]
-        return arns
-
-    def buckets(self) -> list[str]:
-        s3 = self.client("s3")
-        made = buckets(self.config)
-        for bucket in made:
-            try:
-                s3.head_bucket(Bucket=bucket)
-                continue
-            except ClientError as err:
-                if err.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
-                    raise
-            if self.region == "us-east-1":
-                s3.create_bucket(Bucket=bucket)
-            else:
-                s3.create_bucket(
-                    Bucket=bucket,
-                    CreateBucketConfiguration={"LocationConstraint": self.region},
-                )
-        return made
-
-    def log_group(self) -> str:
-        logs = self.client("logs")
-        name = self.config["aws"]["log_group"]
-        found = logs.describe_log_groups(logGroupNamePrefix=name)["logGroups"]
-        if not any(g["logGroupName"] == name for g in found):
-            logs.create_log_group(logGroupName=name)
-        return name
+        for logical, resource in template["Resources"].items():
+            kind, properties = resource["Type"], resource["Properties"]
+            value = physical.get(logical)
+            if value is None:
+                continue  # a resource whose condition was false
+            if kind == "AWS::IAM::Role":
+                arn = iam.get_role(RoleName=value)["Role"]["Arn"]
+                module = _tag(properties, infra.MODULE_TAG)
+                if module:
+                    found["roles"]["jobs"][module] = arn
+                elif logical == "BatchServiceRole":
+                    found["roles"]["service"] = arn
+                elif logical == "TaskExecutionRole":
+                    found["roles"]["execution"] = arn
+            elif kind == "AWS::EFS::FileSystem":
+                name = _tag(properties, infra.FILESYSTEM_TAG, "FileSystemTags")
+                found["file_systems"][name] = value
+            elif kind == "AWS::EFS::AccessPoint":
+                name = _tag(properties, infra.FILESYSTEM_TAG, "AccessPointTags")
+                folder = properties["RootDirectory"]["Path"].strip("/")
+                found["access_points"][f"{name}/{folder}".rstrip("/")] = value
+            elif kind == "AWS::Batch::JobQueue":
+                queue = value.rsplit("/", 1)[-1]
+                found["job_queues"][queue] = value
+                environment = properties["ComputeEnvironmentOrder"][0]["ComputeEnvironment"]
+                found["compute_environments"][queue] = physical[environment["Ref"]]
+            elif kind == "AWS::Batch::JobDefinition":
+                found["job_definitions"][_tag(properties, infra.MODULE_TAG)] = value
+        return found
 
 
 def prepare_account(config: dict, endpoint_url: str) -> dict:
     """Create (or find) the configuration's AWS resources on the emulator at ``endpoint_url``.
 
     ``config`` is a validated configuration (confluence.config.load). Returns what exists:
-    ``{"region", "vpc", "subnets", "security_groups", "roles": {service, execution, job},
-    "file_systems": {name: id}, "compute_environments": {queue: arn},
+    ``{"region", "vpc", "subnets", "security_groups", "stack", "roles": {service,
+    execution, jobs: {module or "publish": arn}}, "file_systems": {name: id},
+    "access_points": {"name/folder": id}, "compute_environments": {queue: arn},
     "job_queues": {queue: arn}, "job_definitions": {module or "publish": arn},
-    "buckets": [...], "log_group"}``.
+    "buckets": [...], "log_group"}`` (queue names with aws.prefix).
     """
     account = _Account(config, endpoint_url)
-    network = account.network()
-    roles = account.roles()
-    file_systems = account.file_systems(network)
-    environments, queues = account.queues(network, roles)
-    definitions = account.job_definitions({"file_systems": file_systems, "roles": roles})
+    network = account.network(SUBNET_COUNT)
+    template = infra.render(config, subnet_count=len(network["subnets"]))
+    stack = account.deploy(
+        infra.to_yaml(template),
+        {
+            "SubnetIds": ",".join(network["subnets"]),
+            "SecurityGroupIds": ",".join(network["security_groups"]),
+        },
+    )
     return {
         "region": account.region,
         **network,
-        "roles": roles,
-        "file_systems": file_systems,
-        "compute_environments": environments,
-        "job_queues": queues,
-        "job_definitions": definitions,
-        "buckets": account.buckets(),
-        "log_group": account.log_group(),
+        "stack": stack["StackId"],
+        **account.resources(stack, template),
+        "buckets": buckets(config),
+        "log_group": config["aws"]["log_group"],
     }

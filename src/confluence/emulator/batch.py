@@ -10,8 +10,10 @@ really execute:
   FAILED; a retried job goes back to RUNNABLE;
 - the image maps to a local command (:class:`ImageMap`); the job's command (override, else
   job definition, with ``Ref::`` parameters) is appended to it;
-- EFS volumes map to ``<efs>/<file system name>/<rootDirectory>``, linked into a per-attempt
-  mount root that the process finds in ``CONFLUENCE_MOUNT_ROOT`` (see confluence.mounts);
+- EFS volumes map to ``<efs>/<file system name>/<folder>``, the folder being the access
+  point's root directory (or the volume's ``rootDirectory`` without one), linked into a
+  per-attempt mount root that the process finds in ``CONFLUENCE_MOUNT_ROOT`` (see
+  confluence.mounts);
 - retries follow the retry strategy (submit override, else job definition) with
   ``evaluateOnExit``; a timeout (``attemptDurationSeconds`` x ``time_scale``) or TerminateJob
   sends SIGTERM to the process group and SIGKILL after AWS's 30 s (x ``time_scale``);
@@ -46,6 +48,8 @@ from pathlib import Path
 
 from confluence import contract
 from confluence.batch import names
+from confluence.emulator import cloudformation
+from confluence.infra.template import FILESYSTEM_TAG
 from confluence.mounts import build_mount_root
 
 logger = logging.getLogger(__name__)
@@ -96,9 +100,11 @@ def _definition_name(reference: str) -> str:
 class ImageMap:
     """Image -> the local argv a container of that image runs (its entrypoint).
 
-    Module images run ``python -m confluence.cli module <name>``, the project image
-    ``python -m confluence.cli``; :meth:`add` maps any other image (an operator's own, or a
-    test's shell). The job's command is appended to the argv.
+    Module images run ``python -m confluence.cli module <name>``; the project image runs
+    its Dockerfile's entrypoint, ``python -m confluence.infra.entrypoint`` (``confluence``,
+    or ``confluence module $CONFLUENCE_MODULE`` in a module's job); :meth:`add` maps any
+    other image (an operator's own, or a test's shell). The job's command is appended to
+    the argv.
     """
 
     def __init__(self) -> None:
@@ -110,9 +116,12 @@ class ImageMap:
     def from_config(cls, config: dict) -> ImageMap:
         images = cls()
         cli = [sys.executable, "-m", "confluence.cli"]
-        images.add(names.project_image(config), cli)
+        project = _normalise_image(names.project_image(config))
+        images.add(project, [sys.executable, "-m", "confluence.infra.entrypoint"])
         for name, module in config["modules"].items():
             image = _normalise_image(names.image(config, module["image"]))
+            if image == project:
+                continue  # a real container of the project image runs its entrypoint
             argv = [*cli, "module", name]
             images._images.setdefault(image, argv)
             definition = _definition_name(names.job_definition(config, name))
@@ -558,6 +567,7 @@ class Runner:
         """The job definition's EFS volumes and mount points as confluence.mounts dicts."""
         properties = job.job_definition.container_properties
         volumes = {v["name"]: v for v in properties.get("volumes") or []}
+        backend = self._efs_backend(job)
         mounts = []
         for point in properties.get("mountPoints") or []:
             volume = volumes.get(point.get("sourceVolume"))
@@ -568,24 +578,53 @@ class Runner:
                 raise ValueError(f"volume {volume['name']} is not an EFS volume")
             mounts.append(
                 {
-                    "filesystem": self._file_system_name(job, efs["fileSystemId"]),
-                    "subpath": (efs.get("rootDirectory") or "/").strip("/"),
+                    "filesystem": self._file_system_name(backend, efs["fileSystemId"]),
+                    "subpath": self._volume_folder(backend, volume["name"], efs),
                     "path": point["containerPath"],
                 }
             )
         return mounts
 
     @staticmethod
-    def _file_system_name(job, file_system_id: str) -> str:
+    def _efs_backend(job):
         from moto.efs.models import efs_backends
 
         definition = job.job_definition
-        backend = efs_backends[definition.backend.account_id][definition._region]
+        return efs_backends[definition.backend.account_id][definition._region]
+
+    @staticmethod
+    def _volume_folder(backend, volume: str, efs: dict) -> str:
+        """The folder of the file system a volume exposes, with AWS's rules for access
+        points: the access point's root directory; rootDirectory "/" and transit encryption."""
+        root = (efs.get("rootDirectory") or "/").strip("/")
+        point_id = (efs.get("authorizationConfig") or {}).get("accessPointId")
+        if not point_id:
+            return root
+        if root:
+            raise ValueError(
+                f"volume {volume}: rootDirectory must be / with access point {point_id}"
+            )
+        if efs.get("transitEncryption") != "ENABLED":
+            raise ValueError(f"volume {volume}: access point {point_id} needs transit encryption")
+        point = backend.access_points.get(point_id)
+        if point is None:
+            raise ValueError(f"volume {volume}: EFS access point {point_id} does not exist")
+        if point.file_system_id != efs["fileSystemId"]:
+            raise ValueError(
+                f"volume {volume}: access point {point_id} belongs to {point.file_system_id}, "
+                f"not {efs['fileSystemId']}"
+            )
+        return (point.root_directory.get("Path") or "/").strip("/")
+
+    @staticmethod
+    def _file_system_name(backend, file_system_id: str) -> str:
+        """The configuration's name of a file system: the template's confluence:filesystem
+        tag, else its Name tag (which may carry aws.prefix), else its creation token."""
         file_system = backend.file_systems_by_id.get(file_system_id)
         if file_system is None:
             raise ValueError(f"EFS file system {file_system_id} does not exist")
         tags = backend.tagging_service.get_tag_dict_for_resource(file_system_id)
-        return tags.get("Name") or file_system.creation_token
+        return tags.get(FILESYSTEM_TAG) or tags.get("Name") or file_system.creation_token
 
     def _environment(self, job, number: int, mount_root: Path) -> dict[str, str]:
         region = job.job_definition._region
@@ -832,9 +871,11 @@ def check_moto_internals() -> list[str]:
     if "self._server = make_server" not in inspect.getsource(ThreadedMotoServer._server_entry):
         problems.append("ThreadedMotoServer._server_entry no longer sets self._server")
     efs_source = inspect.getsource(EFSBackend.__init__)
-    for attribute in ("file_systems_by_id", "tagging_service"):
+    for attribute in ("file_systems_by_id", "access_points", "tagging_service"):
         if f"self.{attribute}" not in efs_source:
             problems.append(f"EFSBackend.__init__ no longer sets self.{attribute}")
+    # The stack's resources need confluence.emulator.cloudformation's patches.
+    problems += cloudformation.check()
     return problems
 
 
@@ -851,6 +892,7 @@ def install(settings: Settings) -> Runner:
         if dotted not in _originals:
             _originals[dotted] = getattr(targets[owner], name)
         setattr(targets[owner], name, replacement)
+    cloudformation.install()
     _runner = Runner(settings)
     return _runner
 
@@ -863,4 +905,5 @@ def uninstall() -> None:
         owner, name = dotted.split(".")
         setattr(targets[owner], name, original)
     _originals.clear()
+    cloudformation.uninstall()
     _runner = None
