@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=int,
         metavar="N",
-        help="parallel transfers (default min(32, 8 x cores))",
+        help="parallel transfers (default 32 x cores, at most 256)",
     )
     p.add_argument(
         "--files-from",
@@ -185,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--manifest", metavar="FILE", help="write a JSON list of the files in place")
     p.set_defaults(func=_delegate("confluence.sync:cli"))
+
+    p = sub.add_parser(
+        "credentials",
+        help="PO.DAAC temporary S3 credentials in SSM: renew now, enable or disable the schedule",
+    )
+    p.add_argument(
+        "action",
+        choices=["renew", "enable", "disable"],
+        help="renew: fetch and store new credentials now; enable/disable: the 50-minute rule",
+    )
+    p.add_argument(
+        "--configfile", action="append", help="config file(s), default config/config.yaml"
+    )
+    p.set_defaults(func=_delegate("confluence.podaac:cli"))
 
     p = sub.add_parser(
         "emulator",
@@ -221,6 +235,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-with-stdin", action="store_true", help="also exit when stdin reaches EOF"
     )
     p.set_defaults(func=_delegate("confluence.emulator.server:cli"))
+
+    p = sub.add_parser("infra", help="the AWS resources of the configuration, as code")
+    infra = p.add_subparsers(dest="infra_command", required=True)
+    p = infra.add_parser(
+        "template",
+        help="render the CloudFormation template (roles, EFS, queues, job definitions, buckets)",
+    )
+    p.add_argument(
+        "--configfile", action="append", help="config file(s) merged over config/config.yaml"
+    )
+    p.add_argument("-o", "--output", help="write the template here (default: standard output)")
+    p.add_argument(
+        "--subnet-count",
+        type=int,
+        default=2,
+        metavar="N",
+        help="subnets (one per Availability Zone) the stack will get: one EFS mount target "
+        "per file system in each (default 2)",
+    )
+    p.set_defaults(func=_delegate("confluence.infra.template:cli"))
+    p = infra.add_parser(
+        "podaac-package",
+        help="zip the PO.DAAC credential renewal function (aws.podaac) for Lambda",
+    )
+    p.add_argument("-o", "--output", default="podaac.zip", help="default podaac.zip")
+    p.set_defaults(func=_delegate("confluence.podaac:package_cli"))
 
     return parser
 

@@ -21,6 +21,8 @@ from snakemake_interface_executor_plugins.settings import (
     ExecutorSettingsBase,
 )
 
+from confluence import podaac
+
 common_settings = CommonSettings(
     non_local_exec=True,
     # The controller sees the file systems (EFS mounted, or the emulator's folders) and
@@ -67,6 +69,8 @@ class Executor(RemoteExecutor):
         )
         self.next_seconds_between_status_checks = config["aws"]["poll_seconds"]
         self._sigterm_set = False
+        self._shut_down = False
+        self._podaac(podaac.start_run)
 
     def _preflight(self, config):
         """Stop before the first submission when the account does not match the
@@ -81,6 +85,16 @@ class Executor(RemoteExecutor):
         if drifts:
             raise WorkflowError(text.getvalue() + "(--confluence-batch-skip-preflight runs anyway)")
         self.logger.info(text.getvalue().strip())
+
+    def _podaac(self, step):
+        """PO.DAAC credential renewal around the run (aws.podaac.enabled): renewed and its
+        schedule enabled at the start, the schedule disabled at the end."""
+        try:
+            message = step(self.workflow.config)
+        except podaac.CredentialsError as err:
+            raise WorkflowError(f"{err} (or set aws.podaac.enabled: false)") from err
+        if message:
+            self.logger.info(message)
 
     def run_jobs(self, jobs):
         """Submit the ready jobs side by side (each is a round trip or two), then report
@@ -175,6 +189,13 @@ class Executor(RemoteExecutor):
 
     def shutdown(self):
         super().shutdown()
+        if self._shut_down:  # cancel() shuts down, then the scheduler again
+            return
+        self._shut_down = True
+        try:
+            self._podaac(podaac.end_run)
+        except WorkflowError as err:  # the run is over; say so rather than mask its outcome
+            self.logger.warning(f"{err}; disable it with: confluence credentials disable")
         self.controller.pool.shutdown()
         self.controller.ledger.flush()
         # The calls this run made (polls, DescribeJobs per purpose), beside the ledger.

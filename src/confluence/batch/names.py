@@ -59,3 +59,8 @@ def job_name(run: str, module: str, unit: str, kind: str = "items") -> str:
         digest = hashlib.sha256(name.encode()).hexdigest()[:12]
         name = f"{name[: MAX_JOB_NAME - 13]}-{digest}"
     return name
+
+
+def podaac_rule(config: dict) -> str:
+    """EventBridge rule of the PO.DAAC credentials renewal schedule, with aws.prefix."""
+    return config["aws"]["prefix"] + "podaac-credentials"
