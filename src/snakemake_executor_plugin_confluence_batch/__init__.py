@@ -62,14 +62,15 @@ class Executor(RemoteExecutor):
         config = self.workflow.config
         settings = self.workflow.executor_settings
         self.ledger = Path(settings.ledger if settings else ExecutorSettings.ledger)
-        if not (settings and settings.skip_preflight):
-            self._preflight(config)
+        self._shut_down = False
+        # Before the checks: the status thread is already running and polls the controller.
         self.controller = BatchController(
             config, Path(config["paths"]["efs"]), self.ledger, warn=self.logger.warning
         )
+        if not (settings and settings.skip_preflight):
+            self._preflight(config)
         self.next_seconds_between_status_checks = config["aws"]["poll_seconds"]
         self._sigterm_set = False
-        self._shut_down = False
         self._podaac(podaac.start_run)
 
     def _preflight(self, config):
@@ -137,6 +138,8 @@ class Executor(RemoteExecutor):
             return f"{job.name} {params.unit}: cannot submit: {err}. "
 
     async def check_active_jobs(self, active_jobs):
+        if not active_jobs:
+            return
         chunks = {id(info.aux["chunk"]): info for info in active_jobs}
         try:
             finished = self.controller.poll([info.aux["chunk"] for info in active_jobs])
@@ -166,6 +169,8 @@ class Executor(RemoteExecutor):
         from snakemake.benchmark import BenchmarkRecord, write_benchmark_records
 
         record = BenchmarkRecord(running_time=time.monotonic() - chunk.began)
+        # No local process to sample: CPU and memory are NA, which is expected, not a warning.
+        record.process_gone = True
         Path(job.benchmark).parent.mkdir(parents=True, exist_ok=True)
         write_benchmark_records([record], str(job.benchmark), False)
 

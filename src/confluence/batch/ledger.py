@@ -93,10 +93,12 @@ class Ledger:
 
     def finish(self, desc: dict) -> None:
         """Status, attempts and times from a DescribeJobs answer."""
+        # An array parent has no attempts of its own (its children do): left blank.
+        array = "size" in desc.get("arrayProperties", {})
         self.update(
             desc["jobId"],
             status=desc["status"],
-            attempts=len(desc.get("attempts", [])),
+            attempts="" if array else len(desc.get("attempts", [])),
             started=_iso(desc.get("startedAt")),
             stopped=_iso(desc.get("stoppedAt")),
         )

@@ -764,6 +764,24 @@ def _cancel_job(self, job_id: str, reason: str) -> None:
         _runner.wake()
 
 
+def _describe_jobs(self, jobs: list[str] | None) -> list[dict]:
+    """moto's DescribeJobs walks every job ever submitted, while SubmitJob requests on other
+    threads add to them (RuntimeError: dictionary changed size); look the IDs up instead."""
+    if not jobs:
+        return [job.describe() for job in list(self._jobs.values())]
+    by_arn = None
+    found = []
+    for wanted in dict.fromkeys(jobs):
+        job = self._jobs.get(wanted)
+        if job is None and wanted.startswith("arn:"):
+            if by_arn is None:
+                by_arn = {j.arn: j for j in list(self._jobs.values())}
+            job = by_arn.get(wanted)
+        if job is not None:
+            found.append(job.describe())
+    return found
+
+
 _PATCHES = {
     "Job.__init__": _job_init,
     "Job.run": _job_run,
@@ -771,6 +789,7 @@ _PATCHES = {
     "Job.describe": _describe,
     "BatchBackend.terminate_job": _terminate_job,
     "BatchBackend.cancel_job": _cancel_job,
+    "BatchBackend.describe_jobs": _describe_jobs,
     "BatchResponse.submitjob": _submitjob,
 }
 
@@ -795,6 +814,7 @@ _EXPECTED_METHODS = {
     "BatchBackend.terminate_job": ["self", "job_id", "reason"],
     "BatchBackend.cancel_job": ["self", "job_id", "reason"],
     "BatchBackend.get_job_by_id": ["self", "identifier"],
+    "BatchBackend.describe_jobs": ["self", "jobs"],
     "BatchResponse.submitjob": ["self"],
     "BatchResponse._get_param": ["self", "param_name", "if_none"],
 }
@@ -859,6 +879,8 @@ def check_moto_internals() -> list[str]:
     for attribute in _EXPECTED_JOB_ATTRIBUTES:
         if f"self.{attribute} " not in source and f"self.{attribute}:" not in source:
             problems.append(f"Job.__init__ no longer sets self.{attribute}")
+    if "self._jobs" not in inspect.getsource(targets["BatchBackend"].__init__):
+        problems.append("BatchBackend.__init__ no longer sets self._jobs")
     if "self._status" not in inspect.getsource(ManagedState.__init__):
         problems.append("ManagedState.__init__ no longer sets self._status")
     if not isinstance(getattr(ManagedState, "status", None), property):
