@@ -344,8 +344,8 @@ def test_prefix_must_be_a_path():
 
 
 def test_rule_name_takes_the_prefix():
-    assert names.podaac_rule({"aws": {"prefix": ""}}) == podaac.RULE_SUFFIX
-    assert podaac.rule_name({"aws": {"prefix": "dev-"}}) == "dev-" + podaac.RULE_SUFFIX
+    assert names.podaac_rule({"aws": {"prefix": ""}}) == "podaac-credentials"
+    assert names.podaac_rule({"aws": {"prefix": "dev-"}}) == "dev-podaac-credentials"
 
 
 # --- schedule and CLI -----------------------------------------------------------------------
@@ -374,14 +374,13 @@ def test_cli_enables_and_disables_the_rule(moto, tmp_path, capsys):
     prefix = f"t{uuid.uuid4().hex[:6]}-"
     configfile = _write_config(tmp_path, {"prefix": prefix, "region": "us-west-2"})
     events = podaac._client("events", "us-west-2")
-    events.put_rule(
-        Name=prefix + podaac.RULE_SUFFIX, ScheduleExpression="rate(50 minutes)", State="DISABLED"
-    )
+    rule = names.podaac_rule({"aws": {"prefix": prefix}})
+    events.put_rule(Name=rule, ScheduleExpression="rate(50 minutes)", State="DISABLED")
 
     assert cli.main(["credentials", "enable", "--configfile", configfile]) == 0
-    assert events.describe_rule(Name=prefix + podaac.RULE_SUFFIX)["State"] == "ENABLED"
+    assert events.describe_rule(Name=rule)["State"] == "ENABLED"
     assert cli.main(["credentials", "disable", "--configfile", configfile]) == 0
-    assert events.describe_rule(Name=prefix + podaac.RULE_SUFFIX)["State"] == "DISABLED"
+    assert events.describe_rule(Name=rule)["State"] == "DISABLED"
     assert "DISABLED" in capsys.readouterr().out
 
     other = _write_config(tmp_path, {"prefix": "nothing-deployed-"})
@@ -425,7 +424,7 @@ def test_a_run_renews_and_enables_then_disables(moto, earthdata, tmp_path, monke
 
     with pytest.raises(podaac.CredentialsError, match="does not exist: deploy"):
         podaac.start_run(config)  # no rule deployed yet
-    rule = aws_prefix + podaac.RULE_SUFFIX
+    rule = names.podaac_rule({"aws": {"prefix": aws_prefix}})
     events.put_rule(Name=rule, ScheduleExpression="rate(50 minutes)", State="DISABLED")
     ssm.delete_parameter(Name=names_.session_token)
 

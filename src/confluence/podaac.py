@@ -43,9 +43,6 @@ DEFAULT_CREDENTIALS_ENDPOINT = "https://archive.podaac.earthdata.nasa.gov/s3cred
 DEFAULT_LOGIN_HOST = "urs.earthdata.nasa.gov"
 DEFAULT_HTTP_TIMEOUT = 30.0
 
-#: The schedule's EventBridge rule is aws.prefix + this (see names.podaac_rule).
-RULE_SUFFIX = "podaac-credentials"
-
 #: Credentials expiring sooner than this are refused: the next renewal would come too late.
 MIN_VALIDITY = timedelta(minutes=1)
 #: A credentials answer is a few hundred bytes; anything far larger is not one.
@@ -135,11 +132,6 @@ def podaac_section(config: dict) -> dict:
     section.setdefault("credentials_endpoint", DEFAULT_CREDENTIALS_ENDPOINT)
     section.setdefault("ssm_prefix", DEFAULT_SSM_PREFIX)
     return section
-
-
-def rule_name(config: dict) -> str:
-    """The schedule's EventBridge rule name (aws.prefix + RULE_SUFFIX)."""
-    return names.podaac_rule(config)
 
 
 @dataclass(frozen=True, repr=False)
@@ -435,7 +427,7 @@ def start_run(config: dict) -> str | None:
     region = config["aws"]["region"]
     try:
         result = renew(Settings.from_config(config), ssm=_client("ssm", region))
-        rule = rule_name(config)
+        rule = names.podaac_rule(config)
         set_schedule(rule, True, client=_client("events", region))
     except _aws_errors() as err:
         raise CredentialsError(f"PO.DAAC credentials: AWS call failed: {err}") from err
@@ -449,7 +441,7 @@ def end_run(config: dict) -> str | None:
     """At the end of the run: disable the schedule, so nothing renews between runs."""
     if not podaac_section(config)["enabled"]:
         return None
-    rule = rule_name(config)
+    rule = names.podaac_rule(config)
     try:
         set_schedule(rule, False, client=_client("events", config["aws"]["region"]))
     except _aws_errors() as err:
@@ -506,7 +498,7 @@ def cli(args) -> int:
                 f"{result['ssm_prefix']}/s3/, valid until {result['expiration']}"
             )
         else:
-            rule = rule_name(config)
+            rule = names.podaac_rule(config)
             state = set_schedule(rule, action == "enable", client=_client("events", region))
             print(f"EventBridge rule {rule}: {state}")
     except CredentialsError as err:

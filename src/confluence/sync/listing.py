@@ -142,15 +142,7 @@ def _walk(directory, rel_dir, on_error, on_partial) -> Iterator[LocalFile]:
     except OSError as err:
         on_error(directory, f"cannot list directory: {err.strerror or err}")
         return
-    keyed = []
-    for child in children:
-        try:
-            is_dir = child.is_dir(follow_symlinks=False)
-        except OSError:
-            is_dir = False
-        keyed.append((child.name + "/" if is_dir else child.name, is_dir, child))
-    keyed.sort(key=lambda item: item[0])
-    for _, is_dir, child in keyed:
+    for is_dir, child in _in_key_order(children):
         rel = rel_dir + child.name
         try:
             rel.encode("utf-8")
@@ -338,12 +330,8 @@ def sample_local(root: str, every: int = PAGE_SIZE - 1) -> list[str]:
     return out
 
 
-def _names(directory: str, rel_dir: str) -> Iterator[str]:
-    try:
-        with os.scandir(directory) as scan:
-            children = list(scan)
-    except OSError:
-        return  # the walk proper reports it
+def _in_key_order(children: list[os.DirEntry]) -> list[tuple[bool, os.DirEntry]]:
+    """(is directory, entry) sorted as their keys sort: a folder as its name + "/"."""
     keyed = []
     for child in children:
         try:
@@ -352,7 +340,16 @@ def _names(directory: str, rel_dir: str) -> Iterator[str]:
             is_dir = False
         keyed.append((child.name + "/" if is_dir else child.name, is_dir, child))
     keyed.sort(key=lambda item: item[0])
-    for _, is_dir, child in keyed:
+    return [(is_dir, child) for _, is_dir, child in keyed]
+
+
+def _names(directory: str, rel_dir: str) -> Iterator[str]:
+    try:
+        with os.scandir(directory) as scan:
+            children = list(scan)
+    except OSError:
+        return  # the walk proper reports it
+    for is_dir, child in _in_key_order(children):
         try:
             child.name.encode("utf-8")
         except UnicodeEncodeError:
