@@ -11,7 +11,7 @@ real `confluence finish-chunk`), through every module of the chain. Prints:
   - the same domain under one Batch job per reach per module (the Step Functions
     deployment): SubmitJob = items, and at least one DescribeJobs per job.
 
-Run: python bench/batch.py [--basins 96] [--chunk-size 10] [--poll 1]
+Run: python bench/batch.py [--basins 96] [--chunk-size 10] [--poll 1] [--jobs N]
 """
 
 from __future__ import annotations
@@ -118,6 +118,12 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=10, help="reaches per chunk at most")
     parser.add_argument("--poll", type=float, default=1.0, help="aws.poll_seconds")
     parser.add_argument("--max-running", type=int, default=16, help="emulator job slots")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="Snakemake's --jobs (default: the profile's 500); a dependent waits for a free "
+        "slot, which the latency then includes",
+    )
     parser.add_argument("--profile", help="write the controller's cProfile statistics here")
     args = parser.parse_args()
 
@@ -152,6 +158,8 @@ def main() -> int:
                 "-s", str(ROOT / "Snakefile"), "--profile", str(ROOT / "profiles" / "aws-batch"),
                 "--directory", str(workdir), "--configfile", *map(str, configs),
             ]  # fmt: skip
+            if args.jobs:
+                command += ["--jobs", str(args.jobs)]
             began = time.perf_counter()
             result = subprocess.run(command, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - began
