@@ -7,6 +7,7 @@ and ``--time-scale 0.02`` so that AWS's 60 s minimum timeout fires in 1.2 s.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from batch_emulator import BatchEmulator, wait_for_job, write_config
 from botocore.exceptions import ClientError
 
 from confluence import config as config_module
-from confluence.batch import names
+from confluence.batch import names, preflight
 from confluence.emulator import account, batch
 from confluence.infra import template as infra
 
@@ -569,3 +570,33 @@ def test_cli_rejects_a_bad_image_mapping(tmp_path):
     )
     assert result.returncode == 2
     assert "IMAGE=COMMAND" in result.stderr
+
+
+def test_preflight_names_each_drift_between_configuration_and_account(setup):
+    """Drift of every kind the check covers; the configuration moves, the account stays."""
+    emulator = setup["emulator"]
+    aws = {name: emulator.client(name) for name in ("batch", "efs", "s3", "iam")}
+    checks, drifts = preflight.preflight(setup["config"], aws)
+    assert checks > 20 and drifts == []
+
+    config = copy.deepcopy(setup["config"])
+    geobam, momma = config["modules"]["geobam"], config["modules"]["momma"]
+    geobam["image"] = "elsewhere/geobam:2"
+    geobam["timeout_seconds"] += 60
+    momma["mounts"][0]["path"] = "/mnt/data/moved"
+    config["storage"]["state"] = "s3://no-such-confluence-bucket/state"
+    config["filesystems"].append("scratch")
+    text = "\n".join(map(str, preflight.preflight(config, aws)[1]))
+
+    geobam_definition = names.job_definition(config, "geobam")
+    momma_definition = names.job_definition(config, "momma")
+    assert f"DRIFT job definition {geobam_definition}:" in text
+    assert "configured elsewhere/geobam:2" in text
+    assert f"configured {geobam['timeout_seconds']}" in text
+    assert f"DRIFT job definition {momma_definition}:" in text
+    assert "lacks the mount of" in text and "at /mnt/data/moved" in text
+    assert "DRIFT bucket no-such-confluence-bucket (storage.state): not reachable" in text
+    assert "DRIFT file system scratch: no EFS file system" in text
+    publish = names.publish_job_definition(config)
+    assert f"DRIFT job definition {publish}: lacks the mount of scratch/" in text
+    assert text.count("DRIFT") == 7, text
