@@ -466,3 +466,15 @@ def test_preflight_reports_drift_and_the_run_stops_before_submitting(site, tmp_p
     finally:
         batch.update_job_queue(jobQueue="test-moi", state="ENABLED")
         batch.deregister_job_definition(jobDefinition=drifted["jobDefinitionArn"])
+
+
+def test_a_local_publish_folder_stops_the_run_with_the_config_key(site, tmp_path):
+    """What a --configfile that replaced the profile's account overlay leads to."""
+    emulator = site["emulator"]
+    emulator.clear_requests()
+    local = write_yaml(tmp_path / "local.yaml", {"storage": {"publish": "data/s3/sos"}})
+    configs = [*map(str, site["configs"]), str(local)]
+    stopped = run(site, tmp_path / "run", "--configfile", *configs, check=False)
+    assert stopped.returncode != 0
+    assert "config key storage.publish is 'data/s3/sos'" in stopped.stdout + stopped.stderr
+    assert count(emulator.requests(), "SubmitJob") == 0

@@ -63,6 +63,15 @@ class Executor(RemoteExecutor):
         settings = self.workflow.executor_settings
         self.ledger = Path(settings.ledger if settings else ExecutorSettings.ledger)
         self._shut_down = False
+        publish = config["storage"].get("publish")
+        if publish and not publish.startswith("s3://"):
+            # A Batch job cannot publish to a folder of this machine. The usual cause: a
+            # --configfile on the command line replaces the profile's configfile.
+            raise WorkflowError(
+                f"config key storage.publish is {publish!r}, but jobs on AWS Batch publish to "
+                "S3: set it to s3://bucket/prefix (CONFLUENCE_PUBLISH), and when giving "
+                "--configfile, name profiles/aws-batch/aws.yaml too"
+            )
         # Before the checks: the status thread is already running and polls the controller.
         self.controller = BatchController(
             config, Path(config["paths"]["efs"]), self.ledger, warn=self.logger.warning
