@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from confluence import config as config_mod
+from confluence.batch import names
 from confluence.config import ConfigError, load, validate
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -544,6 +545,6 @@ def test_accessors():
     assert config_mod.modules_of_scope(config, "continent") == ["priors", "output"]
     registry = load(overrides={"image_registry": "123.dkr.ecr.us-west-2.amazonaws.com/"})
     assert (
-        config_mod.module_image(registry, "moi")
+        names.module_image(registry, "moi")
         == "123.dkr.ecr.us-west-2.amazonaws.com/confluence-moi:latest"
     )

@@ -576,8 +576,8 @@ def test_preflight_names_each_drift_between_configuration_and_account(setup):
     """Drift of every kind the check covers; the configuration moves, the account stays."""
     emulator = setup["emulator"]
     aws = {name: emulator.client(name) for name in ("batch", "efs", "s3", "iam")}
-    checks, drifts = preflight.preflight(setup["config"], aws)
-    assert checks > 20 and drifts == []
+    clean = preflight.preflight(setup["config"], aws)
+    assert clean.checks > 20 and clean.drifts == [] and clean.notes == []
 
     config = copy.deepcopy(setup["config"])
     geobam, momma = config["modules"]["geobam"], config["modules"]["momma"]
@@ -586,7 +586,8 @@ def test_preflight_names_each_drift_between_configuration_and_account(setup):
     momma["mounts"][0]["path"] = "/mnt/data/moved"
     config["storage"]["state"] = "s3://no-such-confluence-bucket/state"
     config["filesystems"].append("scratch")
-    text = "\n".join(map(str, preflight.preflight(config, aws)[1]))
+    found = preflight.preflight(config, aws)
+    text = "\n".join(map(str, found.drifts))
 
     geobam_definition = names.job_definition(config, "geobam")
     momma_definition = names.job_definition(config, "momma")
@@ -600,3 +601,11 @@ def test_preflight_names_each_drift_between_configuration_and_account(setup):
     publish = names.publish_job_definition(config)
     assert f"DRIFT job definition {publish}: lacks the mount of scratch/" in text
     assert text.count("DRIFT") == 7, text
+
+    # A release deployed under another tag (ModuleImageTag) is noted, not drift.
+    config = copy.deepcopy(setup["config"])
+    repository = config["modules"]["geobam"]["image"].rsplit(":", 1)[0]
+    config["modules"]["geobam"]["image"] = f"{repository}:v2.1"
+    tagged = preflight.preflight(config, aws)
+    assert tagged.drifts == []
+    assert len(tagged.notes) == 1 and f"configured {repository}:v2.1" in tagged.notes[0]

@@ -264,6 +264,12 @@ def test_file_systems_buckets_and_logs(full_config, full):
         assert bucket["DeletionPolicy"] == "Retain"
     group = full["Resources"]["JobLogGroup"]
     assert group["Condition"] == "CreateLogGroup"
+    assert all(b["Condition"] == "CreateBuckets" for b in buckets.values())
+    # Batch's default log group exists in any account that has run a job: not created.
+    assert full_config["aws"]["log_group"] == "/aws/batch/job"
+    assert full["Parameters"]["CreateLogGroup"]["Default"] == "false"
+    own_group = config_module.load(overrides={**FULL, "aws": {**FULL["aws"], "log_group": "/c"}})
+    assert infra.render(own_group)["Parameters"]["CreateLogGroup"]["Default"] == "true"
     assert group["Properties"] == {
         "LogGroupName": full_config["aws"]["log_group"],
         "RetentionInDays": {"Ref": "LogRetentionDays"},
@@ -275,6 +281,8 @@ def test_file_systems_buckets_and_logs(full_config, full):
         "ModuleImageTag",
         "ProjectImageTag",
         "LogRetentionDays",
+        "CreateLogGroup",
+        "CreateBuckets",
     }
 
 
@@ -290,7 +298,7 @@ def test_job_roles_grant_only_their_access_points_and_prefix(full_config, full):
     }
     assert set(roles) == {*full_config["modules"], names.PUBLISH}
     mounts = {m: spec["mounts"] for m, spec in full_config["modules"].items()}
-    mounts[names.PUBLISH] = infra.publish_mounts(full_config)
+    mounts[names.PUBLISH] = names.publish_mounts(full_config)
     for module, role in roles.items():
         trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
         assert [s["Principal"] for s in trust] == [{"Service": "ecs-tasks.amazonaws.com"}]
@@ -452,7 +460,7 @@ def test_configuration_errors_name_the_key(default_config):
     switched = config_module.merge(strange, {"aws": {"project_image_for_modules": True}})
     with pytest.raises(infra.TemplateError, match="no reference implementation of strange"):
         infra.render(config_module.load(overrides=switched))
-    with pytest.raises(infra.TemplateError, match="subnet count 0"):
+    with pytest.raises(infra.TemplateError, match="--subnet-count 0"):
         infra.render(default_config, subnet_count=0)
 
 

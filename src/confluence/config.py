@@ -500,10 +500,5 @@ def module_names_by_stage(config: dict) -> dict[str, list[str]]:
     return stages
 
 
-def module_image(config: dict, name: str) -> str:
-    """The module's full image name (image_registry + image)."""
-    return config.get("image_registry", "") + config["modules"][name]["image"]
-
-
 def modules_of_scope(config: dict, scope: str) -> list[str]:
     return [n for n, m in config["modules"].items() if m.get("scope") == scope]

@@ -73,7 +73,8 @@ class ParameterNames:
         prefix = prefix.rstrip("/")
         if not prefix.startswith("/") or len(prefix) < 2:
             raise CredentialsError(
-                f"SSM prefix {prefix!r} must be a path such as {DEFAULT_SSM_PREFIX}"
+                f"SSM prefix {prefix!r} (config key aws.podaac.ssm_prefix, or {ENV_SSM_PREFIX} "
+                f"in the Lambda function) must be a path such as {DEFAULT_SSM_PREFIX}"
             )
         return cls(
             username=f"{prefix}/earthdata/username",

@@ -87,12 +87,12 @@ class Executor(RemoteExecutor):
         configuration: a run would otherwise fail late, after paying for its first jobs."""
         import io
 
-        from confluence.batch.preflight import preflight, report
+        from confluence.batch.preflight import preflight
 
-        checks, drifts = preflight(config)
+        result = preflight(config)
         text = io.StringIO()
-        report(checks, drifts, text)
-        if drifts:
+        result.report(text)
+        if result.drifts:
             raise WorkflowError(text.getvalue() + "(--confluence-batch-skip-preflight runs anyway)")
         self.logger.info(text.getvalue().strip())
 

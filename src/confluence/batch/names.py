@@ -48,6 +48,22 @@ def project_image(config: dict) -> str:
     return image(config, config["aws"]["project_image"])
 
 
+def module_image(config: dict, module: str) -> str:
+    """The image of a module's job definition: the project image for every module with
+    aws.project_image_for_modules, else the module's own."""
+    if config["aws"].get("project_image_for_modules"):
+        return project_image(config)
+    return image(config, config["modules"][module]["image"])
+
+
+def publish_mounts(config: dict) -> list[dict]:
+    """The publish job's mounts: every file system at /mnt/data/<name>."""
+    return [
+        {"filesystem": fs, "subpath": "", "path": f"{MOUNT_ROOT}/{fs}"}
+        for fs in config["filesystems"]
+    ]
+
+
 def job_name(run: str, module: str, unit: str, kind: str = "items") -> str:
     """Deterministic Batch job name of one chunk job: ``<run>_<module>_<unit>_<kind>``.
 

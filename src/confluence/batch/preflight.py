@@ -14,7 +14,6 @@ import sys
 from dataclasses import dataclass
 
 from confluence.batch import names
-from confluence.infra import template
 
 FIX_DEPLOY = (
     "render and deploy the configuration's resources: confluence infra template -o "
@@ -37,6 +36,12 @@ def clients(region: str) -> dict:
 
     session = boto3.session.Session(region_name=region)
     return {name: session.client(name) for name in ("batch", "efs", "s3", "iam")}
+
+
+def _repository(image: str) -> str:
+    """The image without its tag (a registry's port is no tag)."""
+    head, _, tail = image.rpartition(":")
+    return head if head and "/" not in tail else image
 
 
 def _requirement(container: dict, kind: str) -> float | None:
@@ -64,12 +69,24 @@ class Checker:
         self.config = config
         self.batch, self.efs, self.s3, self.iam = (aws[k] for k in ("batch", "efs", "s3", "iam"))
         self.drifts: list[Drift] = []
+        #: Differences that are no drift: an image deployed under another tag on purpose.
+        self.notes: list[str] = []
         self.checks = 0
         self.file_systems = self._file_systems()
         self.access_points: dict[str, str] = {}
 
     def drift(self, resource: str, problem: str, fix: str) -> None:
         self.drifts.append(Drift(resource, problem, fix))
+
+    def image(self, where: str, found: str | None, configured: str, fix: str) -> None:
+        """Drift unless the image is the configured one; the same repository under another
+        tag is a note (the template's ModuleImageTag and ProjectImageTag deploy a release)."""
+        if found == configured:
+            return
+        if found and _repository(found) == _repository(configured):
+            self.notes.append(f"{where}: image {found}, configured {configured} (another tag)")
+            return
+        self.drift(where, f"image {found}, configured {configured}", fix)
 
     def _file_systems(self) -> dict[str, dict]:
         """EFS file systems by their Name tag."""
@@ -162,9 +179,7 @@ class Checker:
             where = f"job definition {definition['jobDefinitionName']}:{definition['revision']}"
             fix = f"register a new revision with the configured values: {FIX_DEPLOY}"
             container = definition.get("containerProperties", {})
-            image = template.module_image(self.config, module)
-            if container.get("image") != image:
-                self.drift(where, f"image {container.get('image')}, configured {image}", fix)
+            self.image(where, container.get("image"), names.module_image(self.config, module), fix)
             vcpu, memory = _requirement(container, "VCPU"), _requirement(container, "MEMORY")
             if vcpu != float(spec["vcpu"]):
                 self.drift(where, f"vCPU {vcpu}, configured {spec['vcpu']}", fix)
@@ -188,17 +203,14 @@ class Checker:
         else:
             container = publish.get("containerProperties", {})
             image = names.project_image(self.config)
-            if container.get("image") != image:
-                self.drift(
-                    f"job definition {reference}",
-                    f"image {container.get('image')}, configured {image}",
-                    f"push the project's image ({image}) and deploy the template again",
-                )
-            wanted = [
-                {"filesystem": fs, "subpath": "", "path": f"{names.MOUNT_ROOT}/{fs}"}
-                for fs in self.config["filesystems"]
-            ]
-            self._mounts(f"job definition {reference}", container, wanted, FIX_DEPLOY)
+            self.image(
+                f"job definition {reference}",
+                container.get("image"),
+                image,
+                f"push the project's image ({image}) and deploy the template again",
+            )
+            mounts = names.publish_mounts(self.config)
+            self._mounts(f"job definition {reference}", container, mounts, FIX_DEPLOY)
             roles.update(
                 container[k] for k in ("jobRoleArn", "executionRoleArn") if container.get(k)
             )
@@ -259,26 +271,34 @@ class Checker:
                 )
 
 
-def preflight(config: dict, aws: dict | None = None) -> tuple[int, list[Drift]]:
-    """(checks made, drifts found)."""
+@dataclass(frozen=True)
+class Result:
+    checks: int
+    drifts: list[Drift]
+    notes: list[str]
+
+    def report(self, out=sys.stdout) -> None:
+        for note in self.notes:
+            print(f"note: {note}", file=out)
+        for drift in self.drifts:
+            print(drift, file=out)
+        count = len(self.drifts)
+        verdict = f"{count} drift(s): fix them before the run" if count else "no drift"
+        print(f"preflight: {self.checks} resources checked, {verdict}", file=out)
+
+
+def preflight(config: dict, aws: dict | None = None) -> Result:
     checker = Checker(config, aws or clients(config["aws"]["region"]))
     checker.queues()
     checker.roles(checker.job_definitions())
     checker.storage()
-    return checker.checks, checker.drifts
-
-
-def report(checks: int, drifts: list[Drift], out=sys.stdout) -> None:
-    for drift in drifts:
-        print(drift, file=out)
-    verdict = f"{len(drifts)} drift(s): fix them before the run" if drifts else "no drift"
-    print(f"preflight: {checks} resources checked, {verdict}", file=out)
+    return Result(checker.checks, checker.drifts, checker.notes)
 
 
 def cli(args) -> int:
     from confluence.config import load
 
     config = load(args.configfile)
-    checks, drifts = preflight(config)
-    report(checks, drifts)
-    return 1 if drifts else 0
+    result = preflight(config)
+    result.report()
+    return 1 if result.drifts else 0

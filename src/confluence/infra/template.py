@@ -59,6 +59,8 @@ PUBLISH_ATTEMPTS, PUBLISH_TIMEOUT_SECONDS = 3, 3600
 DEFAULT_SUBNET_COUNT = 2
 MAX_RESOURCES = 500
 DEFAULT_LOG_RETENTION_DAYS = 90
+#: Where Batch sends a job's output when its job definition names no log group.
+BATCH_LOG_GROUP = "/aws/batch/job"
 LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827]
 #: Tags that map resources back to the configuration (the emulator reads FILESYSTEM_TAG).
 FILESYSTEM_TAG = "confluence:filesystem"
@@ -132,26 +134,11 @@ def _tags(tags: dict) -> list[dict]:
 # --- pure helpers the emulator, preflight and tests share ---------------------------------
 
 
-def module_image(config: dict, module: str) -> str:
-    """The image a module's job definition names (before a ModuleImageTag override)."""
-    if config["aws"].get("project_image_for_modules"):
-        return names.project_image(config)
-    return names.image(config, config["modules"][module]["image"])
-
-
 def module_environment(config: dict, module: str) -> dict[str, str]:
     """Environment variables of a module's job definition."""
     if config["aws"].get("project_image_for_modules"):
         return {ENV_MODULE: module}
     return {}
-
-
-def publish_mounts(config: dict) -> list[dict]:
-    """The publish job's mounts: every file system at /mnt/data/<name>."""
-    return [
-        {"filesystem": fs, "subpath": "", "path": f"{names.MOUNT_ROOT}/{fs}"}
-        for fs in config["filesystems"]
-    ]
 
 
 def s3_location(url: str | None) -> tuple[str, str] | None:
@@ -292,13 +279,25 @@ class _Builder:
             "AllowedValues": LOG_RETENTION_DAYS,
             "Description": "Days CloudWatch Logs keeps the jobs' output.",
         }
+        # Batch's default group exists in every account that has run a Batch job.
+        batch_default = self.log_group == BATCH_LOG_GROUP
         self.parameters["CreateLogGroup"] = {
             "Type": "String",
-            "Default": "true",
+            "Default": "false" if batch_default else "true",
             "AllowedValues": ["true", "false"],
-            "Description": f"false when the log group {self.log_group} exists already.",
+            "Description": f"true to create the log group {self.log_group}; false when it "
+            "exists already.",
         }
         self.conditions["CreateLogGroup"] = {"Fn::Equals": [{"Ref": "CreateLogGroup"}, "true"]}
+        if buckets(self.config):
+            self.parameters["CreateBuckets"] = {
+                "Type": "String",
+                "Default": "true",
+                "AllowedValues": ["true", "false"],
+                "Description": "false when the buckets of storage.inputs, storage.publish and "
+                f"storage.state exist already ({', '.join(buckets(self.config))}).",
+            }
+            self.conditions["CreateBuckets"] = {"Fn::Equals": [{"Ref": "CreateBuckets"}, "true"]}
 
     def image(self, reference: str, *, project: bool) -> object:
         """The image, retagged when the tag parameter is set."""
@@ -699,7 +698,7 @@ class _Builder:
                 module,
                 name,
                 self.image(
-                    module_image(config, module),
+                    names.module_image(config, module),
                     project=bool(config["aws"].get("project_image_for_modules")),
                 ),
                 spec["vcpu"],
@@ -711,7 +710,7 @@ class _Builder:
                 spec["timeout_seconds"],
                 role,
             )
-        mounts = publish_mounts(config)
+        mounts = names.publish_mounts(config)
         statements = self.efs_statements(mounts)
         publish = config["storage"].get("publish")
         if s3_location(publish):
@@ -761,6 +760,7 @@ class _Builder:
                 },
                 DeletionPolicy="Retain",
                 UpdateReplacePolicy="Retain",
+                Condition="CreateBuckets",
             )
 
     def add_log_group(self) -> None:
@@ -774,18 +774,11 @@ class _Builder:
 
 def _used_access_points(config: dict) -> list[tuple[str, str]]:
     mounts = [m for spec in config["modules"].values() for m in spec["mounts"]]
-    return _unique_mounts(mounts + publish_mounts(config))
+    return _unique_mounts(mounts + names.publish_mounts(config))
 
 
 def _check(config: dict) -> None:
-    known = set(config["filesystems"])
-    for module, spec in config["modules"].items():
-        for i, mount in enumerate(spec["mounts"]):
-            if mount["filesystem"] not in known:
-                raise TemplateError(
-                    f"config key modules.{module}.mounts.{i}.filesystem: "
-                    f"{mount['filesystem']!r} is not in filesystems"
-                )
+    # Mounts of unknown file systems are refused when the configuration loads.
     if config["aws"].get("project_image_for_modules"):
         from confluence.modules import REGISTRY
 
@@ -801,11 +794,12 @@ def _check(config: dict) -> None:
 def render(config: dict, *, subnet_count: int = DEFAULT_SUBNET_COUNT) -> dict:
     """The CloudFormation template (a dict) of a validated configuration."""
     if not 1 <= subnet_count <= 16:
-        raise TemplateError(f"subnet count {subnet_count}: give 1 to 16 subnets")
+        raise TemplateError(f"--subnet-count {subnet_count}: give 1 to 16 subnets")
     _check(config)
     builder = _Builder(config, subnet_count)
     builder.add_parameters()
-    images = [module_image(config, m) for m in config["modules"]] + [names.project_image(config)]
+    images = [names.module_image(config, m) for m in config["modules"]]
+    images.append(names.project_image(config))
     builder.add_service_roles(images)
     builder.add_file_systems(_used_access_points(config))
     builder.add_queues()
@@ -1020,7 +1014,8 @@ def cli(args) -> int:
 
     try:
         config = config_module.load(args.configfile)
-        text = to_yaml(render(config, subnet_count=args.subnet_count))
+        template = render(config, subnet_count=args.subnet_count)
+        text = to_yaml(template)
     except (config_module.ConfigError, TemplateError) as err:
         print(f"confluence infra template: {err}", file=sys.stderr)
         return 2
@@ -1036,7 +1031,12 @@ def cli(args) -> int:
         f"wrote {path} ({len(text.encode())} bytes). Deploy it with:\n"
         f"  aws cloudformation deploy --template-file {path} --stack-name "
         f"{stack_name(config)} --capabilities CAPABILITY_IAM{upload} \\\n"
-        "    --parameter-overrides SubnetIds=subnet-...,subnet-... SecurityGroupIds=sg-...",
+        "    --parameter-overrides SubnetIds=subnet-...,subnet-... SecurityGroupIds=sg-..."
+        + (
+            " PodaacCodeBucket=BUCKET PodaacCodeKey=podaac.zip (confluence infra podaac-package)"
+            if "PodaacCodeKey" in template["Parameters"]
+            else ""
+        ),
         file=sys.stderr,
     )
     return 0
