@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -972,3 +973,50 @@ def test_multipart_upload_is_verified_by_the_composite_crc32(s3, bucket, tmp_pat
     time.sleep(0.03)
     failed = sync(str(tmp_path / "src"), f"s3://{bucket}/mp")
     assert not failed.ok and "altered on the way" in failed.failed[0][1]
+
+
+def test_direct_put_that_cannot_connect_leaves_the_file_to_botocore(s3, bucket):
+    """A refused connection (or DNS or TLS failure) is a fallback, not a failed file."""
+    from confluence.sync.engine import _credentials
+
+    client = make_client(1)
+    putter = direct.DirectPut.for_client(client, _credentials(), "test")
+    assert putter is not None
+    with socket.socket() as probe:  # a port nothing listens on once it is closed
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    credentials = _credentials().get_frozen_credentials()
+    putter._templates[bucket] = direct.Template(
+        "http", "127.0.0.1", closed, f"127.0.0.1:{closed}", f"/{bucket}/", "us-east-1", "s3",
+        credentials.access_key,
+    )  # fmt: skip
+    try:
+        assert putter.put(bucket, "k.bin", b"payload") is None
+        assert putter.fallbacks == 1 and putter.direct == 0
+    finally:
+        putter.close()
+
+
+def test_body_budget_bounds_the_bytes_held_at_once():
+    import threading
+
+    from confluence.sync.engine import _ByteBudget
+
+    budget, held, most, lock = _ByteBudget(10), [0], [0], threading.Lock()
+
+    def take(size):
+        with budget.hold(size):
+            with lock:
+                held[0] += min(size, 10)
+                most[0] = max(most[0], held[0])
+            time.sleep(0.01)
+            with lock:
+                held[0] -= min(size, 10)
+
+    threads = [threading.Thread(target=take, args=(size,)) for size in [4] * 12 + [25, 0, 7]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not any(t.is_alive() for t in threads)  # a body larger than the budget still goes
+    assert 8 <= most[0] <= 10 and budget.free == 10

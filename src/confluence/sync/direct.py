@@ -25,6 +25,7 @@ import functools
 import hashlib
 import hmac
 import http.client
+import os
 import re
 import socket
 import ssl
@@ -202,8 +203,11 @@ class DirectPut:
         """A DirectPut for ``client``, or None when its setup is one this module does not
         reproduce (a client certificate, a proxy, unverified TLS, no credentials)."""
         session = getattr(getattr(client, "_endpoint", None), "http_session", None)
-        verify = getattr(session, "_verify", None)
-        if session is None or verify is False or getattr(session, "_cert_file", None):
+        # botocore's private attributes: without them, leave every request to botocore.
+        if session is None or not hasattr(session, "_verify"):
+            return None
+        verify = session._verify
+        if verify is False or client.meta.config.client_cert or os.path.isdir(str(verify)):
             return None
         proxies = getattr(session, "_proxy_config", None)
         url = client.meta.endpoint_url
@@ -287,7 +291,10 @@ class DirectPut:
 
     def _send(self, template: Template, path: str, headers: dict, body: bytes) -> dict | None:
         for attempt in range(2):
-            conn, reused = self._connection(template)
+            try:
+                conn, reused = self._connection(template)
+            except (OSError, ValueError):  # refused, DNS, TLS, CA bundle: botocore's turn
+                return None
             try:
                 conn.request("PUT", path, body=body, headers=headers)
                 response = conn.getresponse()

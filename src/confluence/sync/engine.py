@@ -27,6 +27,7 @@ and only when both listings were read completely.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -323,6 +324,8 @@ def make_client(concurrency: int):
         tcp_keepalive=True,
         user_agent=USER_AGENT,
         s3={"payload_signing_enabled": False},
+        # Every upload carries its CRC-32 for S3 to check, whatever the user's AWS settings.
+        request_checksum_calculation="when_supported",
     )
     with _session_lock:  # creating clients from one session is not thread-safe
         if _session is None:
@@ -416,6 +419,32 @@ class _Known(BaseSubscriber):
 
     def on_progress(self, future, bytes_transferred, **kwargs) -> None:
         self._on_bytes(bytes_transferred)
+
+
+#: Bytes of single-part bodies held in memory at once, whatever the concurrency: 256
+#: transfers of 8 MiB files would otherwise hold 2 GiB.
+BODY_BYTES_IN_FLIGHT = 256 * 1024 * 1024
+
+
+class _ByteBudget:
+    """A semaphore counted in bytes; a request larger than the whole budget waits for all."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.free = limit, limit
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, size: int):
+        size = min(size, self.limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self.free >= size)
+            self.free -= size
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.free += size
+                self._cond.notify_all()
 
 
 class _HashingReader:
@@ -594,6 +623,7 @@ class _Engine:
         self.head_pool = ThreadPoolExecutor(min(16, self.concurrency), "confluence-sync-head")
         self._slot_count = self.concurrency * 4
         self._slots = threading.BoundedSemaphore(self._slot_count)
+        self._body_budget = _ByteBudget(BODY_BYTES_IN_FLIGHT)
         interrupted = True
         try:
             self._plan_all()
@@ -909,8 +939,9 @@ class _Engine:
                 # One PutObject is all s3transfer would send too; calling it directly saves
                 # its per-file machinery (futures, thread hand-offs): a third of the client
                 # CPU time per small file, which bounds the rate on many small files.
-                body = reader.read()
-                answer = self._put_small(bucket, key, body)
+                with self._body_budget.hold(before.size):
+                    body = reader.read()
+                    answer = self._put_small(bucket, key, body)
                 self._emit("bytes", s.rel, len(body))
         digest = reader.digests.result()[kind]
         if Identity.of(os.stat(s.path)) != before or reader.digests.count != before.size:
