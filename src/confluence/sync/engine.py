@@ -931,18 +931,17 @@ class _Engine:
         started = time.time_ns()
         with open(s.path, "rb") as handle:
             before = Identity.of(os.fstat(handle.fileno()))
-            kind = cs.upload_kind(before.size)
-            reader = _HashingReader(handle, [kind], before.size)
             if cs.is_multipart(before.size):
                 return self._upload_parts(s, handle, before, started)
-            else:
-                # One PutObject is all s3transfer would send too; calling it directly saves
-                # its per-file machinery (futures, thread hand-offs): a third of the client
-                # CPU time per small file, which bounds the rate on many small files.
-                with self._body_budget.hold(before.size):
-                    body = reader.read()
-                    answer = self._put_small(bucket, key, body)
-                self._emit("bytes", s.rel, len(body))
+            kind = cs.upload_kind(before.size)
+            reader = _HashingReader(handle, [kind], before.size)
+            # One PutObject is all s3transfer would send too; calling it directly saves its
+            # per-file machinery (futures, thread hand-offs): a third of the client CPU time
+            # per small file, which bounds the rate on many small files.
+            with self._body_budget.hold(before.size):
+                body = reader.read()
+                answer = self._put_small(bucket, key, body)
+            self._emit("bytes", s.rel, len(body))
         digest = reader.digests.result()[kind]
         if Identity.of(os.stat(s.path)) != before or reader.digests.count != before.size:
             raise SyncFailure(
@@ -959,10 +958,7 @@ class _Engine:
                     "the upload cannot be verified"
                 )
             self.cache.put(s.path, before, {kind: digest}, started)
-            algorithm, value = checksum
-            if "-" in value:
-                return f"{algorithm}:{cs.part_size_for(before.size)}", value
-            return algorithm, value
+            return checksum  # a single PUT's: over the whole object
         if answer.get("ETag") != digest:
             raise SyncFailure(
                 f"s3://{bucket}/{key}: S3 reports ETag {answer.get('ETag') or 'none'} but the "
