@@ -113,7 +113,7 @@ class Settings:
     def from_config(cls, config: dict, environ=None) -> Settings:
         """aws.podaac of the configuration; login host and timeout from the environment."""
         base = cls.from_environment(environ)
-        section = podaac_section(config)
+        section = config["aws"]["podaac"]
         return cls(
             ssm_prefix=section["ssm_prefix"],
             credentials_endpoint=section["credentials_endpoint"],
@@ -126,13 +126,10 @@ class Settings:
         return ParameterNames.under(self.ssm_prefix)
 
 
-def podaac_section(config: dict) -> dict:
-    """aws.podaac with its defaults (plain dict access: older schemas lack the section)."""
-    section = dict((config.get("aws") or {}).get("podaac") or {})
-    section.setdefault("enabled", False)
-    section.setdefault("credentials_endpoint", DEFAULT_CREDENTIALS_ENDPOINT)
-    section.setdefault("ssm_prefix", DEFAULT_SSM_PREFIX)
-    return section
+def enabled_section(config: dict) -> dict | None:
+    """aws.podaac of a validated configuration when renewal is enabled, else None."""
+    section = config["aws"]["podaac"]
+    return section if section["enabled"] else None
 
 
 @dataclass(frozen=True, repr=False)
@@ -423,7 +420,7 @@ def start_run(config: dict) -> str | None:
     """At the start of a Batch run with aws.podaac.enabled: renew now (the input stage may
     start within minutes) and enable the 50-minute schedule. Returns what to log, or None
     when renewal is not configured. Raises CredentialsError with what to do."""
-    if not podaac_section(config)["enabled"]:
+    if enabled_section(config) is None:
         return None
     region = config["aws"]["region"]
     try:
@@ -440,7 +437,7 @@ def start_run(config: dict) -> str | None:
 
 def end_run(config: dict) -> str | None:
     """At the end of the run: disable the schedule, so nothing renews between runs."""
-    if not podaac_section(config)["enabled"]:
+    if enabled_section(config) is None:
         return None
     rule = names.podaac_rule(config)
     try:

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from confluence import podaac
 from confluence.batch import names
 from confluence.infra.entrypoint import ENV_MODULE
 
@@ -851,18 +852,13 @@ PODAAC_SCHEDULE = "rate(50 minutes)"
 PODAAC_RUNTIME = "python3.11"
 
 
-def _podaac(config: dict) -> dict | None:
-    section = config["aws"].get("podaac") or {}
-    return section if section.get("enabled") else None
-
-
 def _ssm_parameters(prefix: str, pattern: str) -> dict:
     return _arn("ssm", f"parameter{prefix.rstrip('/')}/{pattern}")
 
 
 def podaac_job_statements(config: dict, module: str) -> list[dict]:
     """Input-stage jobs read the renewed S3 credentials (and nothing else of SSM)."""
-    section = _podaac(config)
+    section = podaac.enabled_section(config)
     if section is None or config["modules"][module].get("stage") != "input":
         return []
     return [
@@ -877,11 +873,9 @@ def podaac_job_statements(config: dict, module: str) -> list[dict]:
 
 def podaac_fragment(config: dict, builder: _Builder) -> dict:
     """Parameters, resources and outputs of the credential renewal ({} when disabled)."""
-    section = _podaac(config)
+    section = podaac.enabled_section(config)
     if section is None:
         return {}
-    from confluence import podaac
-
     prefix = section["ssm_prefix"]
     rule = names.podaac_rule(builder.named)
     function_name = _sub(rule)
