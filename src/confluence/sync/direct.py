@@ -38,8 +38,6 @@ from urllib.parse import urlsplit
 from botocore.httpsession import get_cert_path
 from botocore.utils import get_environ_proxies, percent_encode
 
-from confluence.sync import checksums as cs
-
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 # Headers botocore may put on a PutObject of bytes, none of which changes what S3 does
 # with the object; a template request with any other header stays with botocore.
@@ -177,7 +175,7 @@ def authorization(
 class DirectPut:
     """Sends small PutObject requests itself once botocore has sent one (see the module doc).
 
-    :meth:`put` returns S3's answer ({"ETag", "ServerSideEncryption", "Checksum"}) or None
+    :meth:`put` returns S3's answer, keyed as botocore's parsed PutObject answer, or None
     when the caller must use :meth:`through_botocore` instead, which also learns the
     template. ``direct`` and ``fallbacks`` count the uploads each way went.
     """
@@ -308,11 +306,11 @@ class DirectPut:
                 conn.close()
             if response.status != 200:
                 return None
-            checksum = response.getheader("x-amz-checksum-crc32")
+            # The keys of botocore's parsed PutObject answer, so one reader serves both.
             return {
-                "ETag": cs.normalize_etag(response.getheader("ETag")),
+                "ETag": response.getheader("ETag"),
                 "ServerSideEncryption": response.getheader("x-amz-server-side-encryption"),
-                "Checksum": ("crc32", checksum) if checksum else None,
+                "ChecksumCRC32": response.getheader("x-amz-checksum-crc32"),
             }
         return None
 

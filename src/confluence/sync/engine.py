@@ -1049,8 +1049,8 @@ class _Engine:
             return _answer_of(self.client.put_object(Bucket=bucket, Key=key, Body=body))
         answer = direct.put(bucket, key, body)
         if answer is None:
-            answer = _answer_of(direct.through_botocore(bucket, key, body))
-        return answer
+            answer = direct.through_botocore(bucket, key, body)
+        return _answer_of(answer)
 
     def _download(self, s: RemoteObject) -> tuple[str, str]:
         problem = local_name_problem(s.rel)
